@@ -1,0 +1,250 @@
+"""``fastseg export``: official checkpoint -> ONNX + OpenVINO IR model folder, checked against PyTorch.
+
+Steps, all inside a temporary folder next to the destination, renamed into place only when every
+step passed (a failed or interrupted export leaves nothing behind at ``out``):
+
+1. load the checkpoint safely and build the official PyTorch model (family module ``load_model``);
+2. export each graph to ONNX (legacy TorchScript exporter, fixed opset) and run ``onnx.checker``;
+3. convert each ONNX graph to OpenVINO IR (f32 weights, or f16-compressed weights on request);
+4. self-check: run PyTorch, ONNX Runtime and OpenVINO (inference precision pinned to f32) on a real
+   photo, print the max absolute and relative error of every output, and fail beyond tolerance;
+5. write ``manifest.json`` (spec, graphs, sizes, checkpoint sha256, self-check figures).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastseg import __version__
+from fastseg.manifest import FORMAT, FORMAT_VERSION, write_manifest
+from fastseg.registry import ModelSpec, get_spec
+from fastseg_export.common import CheckpointError, ExportError, Graph, sha256_file
+from fastseg_export.random_weights import family_module, random_weights_label
+
+#: Relative max error allowed between PyTorch and a backend: max|out - ref| / max|ref|.
+TOLERANCE = {"f32": 1e-3, "f16": 3e-2}
+
+
+def default_check_image() -> np.ndarray:
+    """The photo the self-check runs on: scikit-image's bundled ``chelsea`` (RGB uint8, 300x451)."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.chelsea())
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """``(max_abs, max_rel)`` with ``max_rel = max|out - ref| / max|ref|`` (0 for an all-zero pair)."""
+    if out.shape != ref.shape:
+        raise ExportError(f"output shape {out.shape} differs from PyTorch's {ref.shape}")
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def _prepare_destination(out: Path, overwrite: bool) -> Path:
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder already exists: {out} (pass --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output path exists and is not a folder: {out}")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the parent folder of {out}: {exc.strerror or exc}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"output folder is not writable: {parent} (choose another --out)")
+    return out
+
+
+def _export_onnx(graph: Graph, path: Path) -> None:
+    import onnx
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            graph.module,
+            graph.example_inputs,
+            str(path),
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_axes=graph.dynamic_axes or None,
+            opset_version=graph.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))  # by path: works past 2 GB (external data)
+
+
+def _convert_openvino(onnx_path: Path, xml_path: Path, ir_precision: str) -> None:
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=(ir_precision == "f16"))
+
+
+def _io_entries(path: Path) -> dict[str, list[dict[str, Any]]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
+
+    def entry(value: Any) -> dict[str, Any]:
+        t = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        return {"name": value.name, "shape": shape, "dtype": dtypes.get(t.elem_type, str(t.elem_type))}
+
+    inits = {i.name for i in model.graph.initializer}
+    return {
+        "inputs": [entry(v) for v in model.graph.input if v.name not in inits],
+        "outputs": [entry(v) for v in model.graph.output],
+    }
+
+
+def self_check(
+    graphs: list[Graph],
+    folder: Path,
+    inputs: dict[str, dict[str, np.ndarray]],
+    ir_precision: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Compare ONNX Runtime and OpenVINO (f32 inference) against PyTorch on ``inputs``; raise beyond tolerance."""
+    import onnxruntime as ort
+    import openvino as ov
+    import openvino.properties.hint as hints
+    import torch
+
+    tol = TOLERANCE[ir_precision]
+    core = ov.Core()
+    report: dict[str, Any] = {"tolerance_max_rel": tol}
+    failures = []
+    for graph in graphs:
+        feeds = inputs[graph.name]
+        with torch.no_grad():
+            ref = graph.module(*[torch.from_numpy(feeds[n]) for n in graph.input_names])
+        ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+        refs = {n: t.detach().numpy() for n, t in zip(graph.output_names, ref)}
+        sess = ort.InferenceSession(str(folder / f"{graph.name}.onnx"), providers=["CPUExecutionProvider"])
+        ort_out = dict(zip(graph.output_names, sess.run(graph.output_names, feeds)))
+        compiled = core.compile_model(
+            str(folder / f"{graph.name}.xml"), "CPU", {hints.inference_precision: ov.Type.f32}
+        )
+        ov_res = compiled(feeds)
+        ov_out = {n: ov_res[compiled.output(n)] for n in graph.output_names}
+        report[graph.name] = {}
+        for backend, outs in (("onnxruntime", ort_out), ("openvino", ov_out)):
+            report[graph.name][backend] = {}
+            for name in graph.output_names:
+                max_abs, max_rel = relative_error(np.asarray(outs[name]), refs[name])
+                report[graph.name][backend][name] = {"max_abs": max_abs, "max_rel": max_rel}
+                ok = max_rel <= tol
+                log(f"  self-check {graph.name:8s} {backend:11s} {name:18s} max_abs {max_abs:.3e}  "
+                    f"max_rel {max_rel:.3e}  {'ok' if ok else 'FAIL'}")
+                if not ok:
+                    failures.append(f"{graph.name}/{backend}/{name}: max_rel {max_rel:.3e} > {tol:.0e}")
+    if failures:
+        raise ExportError("self-check against PyTorch failed: " + "; ".join(failures))
+    return report
+
+
+def export_model(
+    name: str,
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    ir_precision: str = "f32",
+    overwrite: bool = False,
+    weights_label: str | None = None,
+    check_image: np.ndarray | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Export model ``name`` from ``checkpoint`` into the model folder ``out``; returns ``out``.
+
+    Args:
+        name: registry name (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``, ``mobile_sam``, ``fastsam_s``,
+            ``fastsam_x``).
+        checkpoint: the official checkpoint file.
+        ir_precision: ``"f32"`` or ``"f16"`` (f16-compressed OpenVINO weights; computation precision is
+            chosen at run time).
+        overwrite: replace an existing ``out`` (atomically).
+        weights_label: how the weights are described in the manifest; by default "official checkpoint",
+            or "random weights (seed N)" for a checkpoint made by ``write_random_checkpoint``.
+        check_image: the RGB uint8 photo for the self-check (default: scikit-image ``chelsea``).
+
+    Raises:
+        ValueError: unknown model name or option.
+        CheckpointError: the checkpoint is missing, unreadable or of another model.
+        ExportError: the destination is unusable, or conversion or the self-check failed.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    spec: ModelSpec = get_spec(name)
+    if ir_precision not in TOLERANCE:
+        raise ValueError(f"ir_precision must be one of {sorted(TOLERANCE)}, got {ir_precision!r}")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    out = _prepare_destination(Path(out), overwrite)
+    family = family_module(spec.family)
+    started = time.perf_counter()
+
+    log(f"[1/5] loading {spec.name} from {checkpoint}")
+    model = family.load_model(spec, checkpoint)
+    checksum = sha256_file(checkpoint)
+    label = weights_label or random_weights_label(checkpoint) or "official checkpoint"
+
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        graphs = family.graphs(model, spec)
+        entries: dict[str, Any] = {}
+        for graph in graphs:
+            log(f"[2/5] ONNX export of {graph.name} (opset {graph.opset})")
+            _export_onnx(graph, tmp / f"{graph.name}.onnx")
+            log(f"[3/5] OpenVINO IR of {graph.name} ({ir_precision} weights)")
+            _convert_openvino(tmp / f"{graph.name}.onnx", tmp / f"{graph.name}.xml", ir_precision)
+            entries[graph.name] = {"onnx": f"{graph.name}.onnx", "openvino": f"{graph.name}.xml",
+                                   **_io_entries(tmp / f"{graph.name}.onnx")}
+        log("[4/5] self-check against PyTorch on a real photo (OpenVINO pinned to f32)")
+        image = default_check_image() if check_image is None else check_image
+        report = self_check(graphs, tmp, family.check_inputs(model, spec, image), ir_precision, log)
+        log("[5/5] writing manifest")
+        write_manifest(
+            tmp,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "fastseg_version": __version__,
+                "model": spec.name,
+                "family": spec.family,
+                "spec": spec.to_dict(),
+                "weights": label,
+                "checkpoint": {"file": checkpoint.name, "sha256": checksum},
+                "opset": graphs[0].opset,
+                "ir_precision": ir_precision,
+                "graphs": entries,
+                "self_check": report,
+                "extra": family.manifest_extra(model, spec),
+            },
+        )
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"done: {out} ({spec.name}, {label}) in {time.perf_counter() - started:.0f} s")
+    return out

@@ -1,0 +1,32 @@
+"""fastseg: the Segment Anything family (SAM, MobileSAM, FastSAM) fast on a CPU with OpenVINO.
+
+The runtime needs numpy, openvino and pillow only; it never imports torch.
+"""
+
+from fastseg.registry import REGISTRY, ModelSpec, get_spec
+from fastseg.results import SegmentationResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY",
+    "ModelSpec",
+    "Predictor",
+    "SegmentationResult",
+    "__version__",
+    "get_spec",
+    "segment",
+]
+
+
+def __getattr__(name: str):
+    # Predictor and segment pull in the backends; import them on first use so `import fastseg` stays light.
+    if name == "Predictor":
+        from fastseg.predictor import Predictor
+
+        return Predictor
+    if name == "segment":
+        from fastseg.api import segment
+
+        return segment
+    raise AttributeError(f"module 'fastseg' has no attribute {name!r}")

@@ -1,0 +1,156 @@
+"""The stateful predictor: encode an image once, prompt it many times."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from fastseg.backends import open_session
+from fastseg.image import ImageLike, load_image
+from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, load_model_folder
+from fastseg.prompts import validate_prompts
+from fastseg.results import SegmentationResult
+
+
+class Predictor:
+    """Segment images with an exported model folder.
+
+    ``set_image`` runs the image encoder (SAM, MobileSAM) or the whole network and NMS (FastSAM) once;
+    ``predict`` then answers prompts on that image. Prompts are explicit arguments, never state.
+
+    Thread safety: calls are serialised by an internal lock, so one Predictor may be shared by
+    threads and each call sees a consistent image; for parallel throughput use one Predictor per
+    thread.
+
+    Args:
+        model_dir: a folder written by ``fastseg export``.
+        backend: ``"openvino"`` (default) or ``"onnxruntime"``.
+        precision: ``"f32"`` (default; identical masks to PyTorch) or ``"bf16"`` (faster on CPUs with
+            AVX-512 BF16 / AMX; OpenVINO only).
+        num_threads: inference threads (default: all cores).
+        cache_dir: OpenVINO compiled-model cache; ``None`` = ``~/.cache/fastseg/compiled``, ``False`` = off.
+        conf, iou: FastSAM detection confidence and NMS IoU thresholds (ultralytics defaults 0.4, 0.9).
+
+    Example:
+        >>> p = Predictor("models/mobile_sam")
+        >>> p.set_image("photo.jpg")
+        >>> result = p.predict(points=[[500, 375]], labels=[1])
+        >>> result.masks.shape  # (3, H, W)
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        backend: Literal["openvino", "onnxruntime"] = "openvino",
+        precision: Literal["f32", "bf16"] = "f32",
+        num_threads: int | None = None,
+        cache_dir: str | Path | None | Literal[False] = None,
+        conf: float = 0.4,
+        iou: float = 0.9,
+    ) -> None:
+        self.folder: ModelFolder = load_model_folder(model_dir)
+        self.backend = backend
+        self.precision = precision
+        cache = cache_dir if cache_dir is None or cache_dir is False else Path(cache_dir)
+        sessions = {
+            g: open_session(self.folder, g, backend, precision, num_threads=num_threads, cache_dir=cache)
+            for g in GRAPHS_BY_FAMILY[self.folder.family]
+        }
+        self._lock = threading.Lock()
+        self._image_size: tuple[int, int] | None = None
+        self.timings: dict[str, float] = {}
+        if self.folder.family == "sam":
+            from fastseg.sam import SamEngine
+
+            self._engine: Any = SamEngine(self.folder, sessions)
+        else:
+            for name, value in (("conf", conf), ("iou", iou)):
+                if not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"{name} must be in [0, 1], got {value}")
+            from fastseg.fastsam import FastSamEngine
+
+            self._engine = FastSamEngine(self.folder, sessions, conf=float(conf), iou=float(iou))
+
+    @property
+    def model_name(self) -> str:
+        return self.folder.name
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the image set, or None."""
+        return self._image_size
+
+    def set_image(self, image: ImageLike) -> None:
+        """Encode ``image`` (path, PIL image, or RGB uint8 array; see :func:`fastseg.image.load_image`)."""
+        array = load_image(image)
+        with self._lock:
+            start = time.perf_counter()
+            self._image_size = None
+            self._engine.set_image(array)
+            self._image_size = (int(array.shape[0]), int(array.shape[1]))
+            self.timings["set_image"] = time.perf_counter() - start
+
+    def _require_image(self) -> tuple[int, int]:
+        if self._image_size is None:
+            raise RuntimeError("no image is set: call set_image(image) (or set_image_embedding) before predict")
+        return self._image_size
+
+    def predict(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask: bool = True,
+    ) -> SegmentationResult:
+        """Masks for the prompts on the image set.
+
+        Args:
+            points: ``(N, 2)`` XY in image pixels.
+            labels: ``(N,)`` 1 foreground / 0 background (default: all foreground).
+            boxes: ``(4,)`` or ``(B, 4)`` XYXY; several boxes give one prompt set each, run in one batch
+                (``result.by_prompt()`` splits them). Points, if given too, apply to every box.
+            mask_input: a previous result's ``low_res_logits`` (SAM family).
+            multimask: SAM family: 3 masks per prompt set if True, else 1 (as ``SamPredictor.predict``).
+
+        Returns:
+            A :class:`~fastseg.results.SegmentationResult` at the original resolution.
+        """
+        with self._lock:
+            size = self._require_image()
+            prompts = validate_prompts(size, points, labels, boxes, mask_input)
+            if prompts.empty:
+                raise ValueError(
+                    "predict needs points and/or boxes; no prompt was given (whole-image segmentation "
+                    "is a separate mode, not a default)"
+                )
+            start = time.perf_counter()
+            result = self._engine.predict(
+                prompts.points, prompts.labels, prompts.boxes, prompts.mask_input, bool(multimask)
+            )
+            self.timings["predict"] = time.perf_counter() - start
+        result.info.update(self._info())
+        return result
+
+    def get_image_embedding(self) -> Any:
+        """What ``set_image`` computed, to store and restore later with :meth:`set_image_embedding`."""
+        with self._lock:
+            self._require_image()
+            return self._engine.get_image_embedding()
+
+    def set_image_embedding(self, embedding: Any) -> None:
+        """Restore an image state taken with :meth:`get_image_embedding` (same model), without encoding."""
+        with self._lock:
+            self._image_size = None
+            self._engine.set_image_embedding(embedding)
+            self._image_size = tuple(int(v) for v in embedding.original_size)  # type: ignore[assignment]
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "model": self.folder.name,
+            "weights": self.folder.weights,
+            "backend": self.backend,
+            "precision": self.precision,
+        }

@@ -1,0 +1,127 @@
+"""Validation of prompts against the image they are for.
+
+Every function returns arrays of one layout (float32 coordinates in original-image pixels, int64
+labels) or raises a ``ValueError`` that names what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Validated prompts for one image.
+
+    Attributes:
+        points: ``(N, 2)`` float32, XY in original-image pixels, or None.
+        labels: ``(N,)`` int64, 1 foreground / 0 background, or None (exactly when points is None).
+        boxes: ``(B, 4)`` float32 XYXY in original-image pixels, or None.
+        mask_input: ``(B or 1, 256, 256)`` float32 low-resolution logits from a previous call, or None.
+    """
+
+    points: npt.NDArray[np.float32] | None = None
+    labels: npt.NDArray[np.int64] | None = None
+    boxes: npt.NDArray[np.float32] | None = None
+    mask_input: npt.NDArray[np.float32] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.points is None and self.boxes is None
+
+
+def _as_float_array(value: Any, what: str) -> npt.NDArray[np.float32]:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be numeric, got {type(value).__name__}: {exc}") from exc
+    return array
+
+
+def validate_prompts(
+    image_size: tuple[int, int],
+    points: Any = None,
+    labels: Any = None,
+    boxes: Any = None,
+    mask_input: Any = None,
+    low_res_size: int = 256,
+) -> Prompts:
+    """Check prompts for an image of ``image_size`` ``(H, W)`` and bring them to one layout.
+
+    Args:
+        points: ``(N, 2)`` or ``(2,)`` XY pixel coordinates; each must lie inside the image
+            (``0 <= x <= W``, ``0 <= y <= H``).
+        labels: ``(N,)`` of 1 (foreground) and 0 (background); defaults to all foreground.
+        boxes: ``(4,)`` or ``(B, 4)`` XYXY with ``x1 <= x2`` and ``y1 <= y2``, inside the image.
+        mask_input: low-resolution logits ``(256, 256)``, ``(B, 256, 256)`` or ``(B, 1, 256, 256)``,
+            e.g. ``result.low_res_logits`` of a previous call.
+    """
+    h, w = image_size
+    pts = lab = bxs = msk = None
+    if points is not None:
+        pts = _as_float_array(points, "points")
+        if pts.ndim == 1 and pts.shape == (2,):
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:
+            raise ValueError(f"points must have shape (N, 2) with N >= 1, got {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise ValueError(f"points must be finite, got {pts[~np.isfinite(pts).all(axis=1)].tolist()}")
+        outside = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+        if outside.any():
+            raise ValueError(
+                f"points must lie inside the {w}x{h} image (0 <= x <= {w}, 0 <= y <= {h}), "
+                f"got {pts[outside].tolist()}"
+            )
+        if labels is None:
+            lab = np.ones(len(pts), dtype=np.int64)
+        else:
+            raw = np.asarray(labels)
+            if raw.ndim == 0:
+                raw = raw[None]
+            if raw.ndim != 1:
+                raise ValueError(f"labels must have shape (N,), got {raw.shape}")
+            if raw.shape[0] != pts.shape[0]:
+                raise ValueError(f"got {pts.shape[0]} points but {raw.shape[0]} labels; they must match")
+            if raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all():
+                raise ValueError(f"labels must be 1 (foreground) or 0 (background), got {raw.tolist()}")
+            lab = raw.astype(np.int64)
+        pts = pts.astype(np.float32)
+    elif labels is not None:
+        raise ValueError("labels were given without points")
+    if boxes is not None:
+        bxs = _as_float_array(boxes, "boxes")
+        if bxs.ndim == 1 and bxs.shape == (4,):
+            bxs = bxs[None]
+        if bxs.ndim != 2 or bxs.shape[1] != 4 or bxs.shape[0] == 0:
+            raise ValueError(f"boxes must have shape (4,) or (B, 4) with B >= 1, XYXY, got {bxs.shape}")
+        if not np.isfinite(bxs).all():
+            raise ValueError(f"boxes must be finite, got {bxs[~np.isfinite(bxs).all(axis=1)].tolist()}")
+        inverted = (bxs[:, 2] < bxs[:, 0]) | (bxs[:, 3] < bxs[:, 1])
+        if inverted.any():
+            raise ValueError(f"boxes must be XYXY with x1 <= x2 and y1 <= y2, got {bxs[inverted].tolist()}")
+        outside = (bxs[:, 0] < 0) | (bxs[:, 1] < 0) | (bxs[:, 2] > w) | (bxs[:, 3] > h)
+        if outside.any():
+            raise ValueError(f"boxes must lie inside the {w}x{h} image, got {bxs[outside].tolist()}")
+        bxs = bxs.astype(np.float32)
+    if mask_input is not None:
+        msk = _as_float_array(mask_input, "mask_input")
+        if msk.ndim == 4 and msk.shape[1] == 1:
+            msk = msk[:, 0]
+        if msk.ndim == 2:
+            msk = msk[None]
+        if msk.ndim != 3 or msk.shape[1:] != (low_res_size, low_res_size):
+            raise ValueError(
+                f"mask_input must have shape ({low_res_size}, {low_res_size}), (B, {low_res_size}, "
+                f"{low_res_size}) or (B, 1, {low_res_size}, {low_res_size}), got {np.shape(mask_input)}"
+            )
+        if not np.isfinite(msk).all():
+            raise ValueError("mask_input must be finite (it holds NaN or inf)")
+        n_sets = 1 if bxs is None else bxs.shape[0]
+        if msk.shape[0] not in (1, n_sets):
+            raise ValueError(f"mask_input has {msk.shape[0]} masks but there are {n_sets} prompt sets")
+        msk = msk.astype(np.float32)
+    return Prompts(points=pts, labels=lab, boxes=bxs, mask_input=msk)
