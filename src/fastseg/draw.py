@@ -29,7 +29,7 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     out = image.astype(np.float32)
     colours = palette(len(masks)).astype(np.float32)
-    order = np.argsort(-masks.reshape(len(masks), -1).sum(axis=1), kind="stable")
+    order = np.argsort(-masks.sum(axis=(1, 2)), kind="stable")
     for k in order:
         m = masks[k]
         out[m] = (1.0 - alpha) * out[m] + alpha * colours[k]
