@@ -56,7 +56,7 @@ class ModelSpec:
         return asdict(self)
 
 
-def _sam(name: str, filename: str) -> ModelSpec:
+def _sam(name: str, filename: str, sha256: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="sam",
@@ -68,11 +68,16 @@ def _sam(name: str, filename: str) -> ModelSpec:
         checkpoint_format="sam_state_dict",
         checkpoint_filename=filename,
         checkpoint_url=f"https://dl.fbaipublicfiles.com/segment_anything/{filename}",
+        checkpoint_sha256=sha256,
+        # The 6 hex digits in the file name are the start of the file's md5: the full md5s
+        # 01ec64d29a2fca3f0661936605ae66f8 (vit_b), 0b3195507c641ddb6910d2bb5adee89c (vit_l) and
+        # 4b8939a88964f0f4ff5f5b2642c598a6 (vit_h) are stated in Sanster/IOPaint
+        # iopaint/plugins/interactive_seg.py (SEGMENT_ANYTHING_MODELS).
         checkpoint_md5_prefix=filename.rsplit("_", 1)[1].split(".")[0],
     )
 
 
-def _fastsam(name: str, filename: str) -> ModelSpec:
+def _fastsam(name: str, filename: str, sha256: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="fastsam",
@@ -83,14 +88,35 @@ def _fastsam(name: str, filename: str) -> ModelSpec:
         mask_threshold=0.0,
         checkpoint_format="ultralytics",
         checkpoint_filename=filename,
-        checkpoint_url=f"https://github.com/ultralytics/assets/releases/download/v8.2.0/{filename}",
+        # v8.4.0 is the release ultralytics 8.4.x itself downloads FastSAM-{s,x}.pt from
+        # (ultralytics/utils/downloads.py: attempt_download_asset(release="v8.4.0"), with both names in
+        # GITHUB_ASSETS_NAMES). Older docs link v8.2.0; the public hash statements below give the same
+        # sha256/size for the v8.2.0, v8.3.0 and v8.4.0 copies.
+        checkpoint_url=f"https://github.com/ultralytics/assets/releases/download/v8.4.0/{filename}",
+        checkpoint_sha256=sha256,
     )
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "sam_vit_b": _sam("sam_vit_b", "sam_vit_b_01ec64.pth"),
-    "sam_vit_l": _sam("sam_vit_l", "sam_vit_l_0b3195.pth"),
-    "sam_vit_h": _sam("sam_vit_h", "sam_vit_h_4b8939.pth"),
+    # SAM sha256s: computational-cell-analytics/micro-sam micro_sam/util.py (registry "vit_b", "vit_l",
+    # "vit_h", for these dl.fbaipublicfiles.com URLs), and the Git LFS pointers of the same files on the
+    # Hugging Face Hub (e.g. huggingface.co/andzhang01/segment_anything: vit_b 375042383 bytes,
+    # vit_l 1249524607 bytes, vit_h 2564550879 bytes).
+    "sam_vit_b": _sam(
+        "sam_vit_b",
+        "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    ),
+    "sam_vit_l": _sam(
+        "sam_vit_l",
+        "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),
+    "sam_vit_h": _sam(
+        "sam_vit_h",
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),
     "mobile_sam": ModelSpec(
         name="mobile_sam",
         family="sam",
@@ -101,10 +127,23 @@ REGISTRY: dict[str, ModelSpec] = {
         mask_threshold=0.0,
         checkpoint_format="mobile_sam_state_dict",
         checkpoint_filename="mobile_sam.pt",
+        # The file is committed to the MobileSAM repository (weights/mobile_sam.pt, loaded by its README).
         checkpoint_url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        # sha256 (40728226 bytes): micro-sam micro_sam/util.py registry "vit_t" (MobileSAM), and the Git LFS
+        # pointer of mobile_sam.pt in the MobileSAM authors' demo, huggingface.co/spaces/dhkim2810/MobileSAM.
+        checkpoint_sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
     ),
-    "fastsam_s": _fastsam("fastsam_s", "FastSAM-s.pt"),
-    "fastsam_x": _fastsam("fastsam_x", "FastSAM-x.pt"),
+    # FastSAM sha256s: ultralytics publishes none; these are stated for the ultralytics/assets files in
+    # several independent public download manifests (FastSAM-s: 23851578 bytes, pinned for the v8.2.0,
+    # v8.3.0 and v8.4.0 release URLs; FastSAM-x: 144972346 bytes, pinned for the v8.2.0 URL, same size
+    # reported for v8.4.0). They are NOT the hashes of the CASIA-IVA-Lab originals (FastSAM-x there is
+    # 144943063 bytes, sha256 c0be4e7d...).
+    "fastsam_s": _fastsam(
+        "fastsam_s", "FastSAM-s.pt", "c9f78716a81c7aff0d608ccc73e1b82ab3aaad86005049f6a92106a0be6d0844"
+    ),
+    "fastsam_x": _fastsam(
+        "fastsam_x", "FastSAM-x.pt", "752cadc2828edb1cd4bc4f9eb587100631af06ea2108f4c9ed56df4755701e76"
+    ),
 }
 
 
