@@ -103,8 +103,11 @@ def load_allowlisted(path: Path, allowed: Iterable[Any]) -> Any:
     allow = {f"{obj.__module__}.{obj.__qualname__}": obj for obj in allowed}
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # torch raises several types for damaged archives
-        raise CheckpointError(f"checkpoint is corrupt or truncated: {path} ({exc})") from exc
+    except Exception as exc:  # torch raises several types for damaged or unusual archives
+        raise CheckpointError(
+            f"{path} cannot be inspected safely ({exc}): the file is damaged, or uses pickle features the "
+            "weights-only loader refuses; refusing to unpickle it"
+        ) from exc
     refused = sorted(set(needed) - set(allow))
     if refused:
         shown = ", ".join(refused[:8]) + (" ..." if len(refused) > 8 else "")

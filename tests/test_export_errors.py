@@ -1,0 +1,147 @@
+"""Export refuses bad checkpoints and bad destinations with clear errors, and never leaves half a folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastseg_export.common import CheckpointError, ExportError, load_allowlisted, load_state_dict
+from fastseg_export.export import export_model
+
+
+def _no_partial_left(parent: Path) -> None:
+    leftovers = [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert leftovers == []
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pt"):
+        export_model("mobile_sam", tmp_path / "nope.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model 'sam_vit_q'; expected one of"):
+        export_model("sam_vit_q", tmp_path / "x.pt", tmp_path / "out")
+
+
+def test_empty_and_garbage_checkpoints(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="checkpoint is empty"):
+        export_model("mobile_sam", empty, tmp_path / "out")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: expected a torch.save zip archive"):
+        export_model("mobile_sam", garbage, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoint(tmp_path: Path, random_checkpoint) -> None:
+    good = random_checkpoint("mobile_sam")
+    truncated = tmp_path / "mobile_sam.pt"
+    data = good.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated|corrupt|not a PyTorch checkpoint"):
+        export_model("mobile_sam", truncated, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    _no_partial_left(tmp_path)
+
+
+def test_corrupt_member_checkpoint(tmp_path: Path, random_checkpoint) -> None:
+    good = random_checkpoint("mobile_sam")
+    corrupt = tmp_path / "mobile_sam.pt"
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # flip bytes inside a tensor record: CRC no longer matches
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_state_dict(corrupt)
+
+
+def test_checkpoint_of_another_model(tmp_path: Path, random_checkpoint) -> None:
+    vit_b = random_checkpoint("sam_vit_b")
+    with pytest.raises(CheckpointError, match=r"not a mobile_sam checkpoint|missing keys|unexpected keys"):
+        export_model("mobile_sam", vit_b, tmp_path / "out")
+    mobile = random_checkpoint("mobile_sam")
+    with pytest.raises(CheckpointError, match=r"not a sam_vit_b checkpoint|missing keys|unexpected keys"):
+        export_model("sam_vit_b", mobile, tmp_path / "out2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_state_dict_loader_refuses_pickled_code(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(1), "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_state_dict(path)
+    with pytest.raises(CheckpointError, match="outside the allow-list for this format, refusing to unpickle it: posix.system"):
+        load_allowlisted(path, allowed=[])
+    newer = tmp_path / "evil4.pt"
+    torch.save({"payload": Evil()}, newer, pickle_protocol=4)
+    with pytest.raises(CheckpointError, match="refusing to unpickle it"):
+        load_allowlisted(newer, allowed=[])
+
+
+def test_existing_and_unwritable_destination(tmp_path: Path, random_checkpoint) -> None:
+    ckpt = random_checkpoint("mobile_sam")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists: .*--overwrite"):
+        export_model("mobile_sam", ckpt, existing)
+    assert (existing / "keep.txt").read_text() == "mine"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: use a path under a file instead
+            target = tmp_path / "afile" / "out"
+            (tmp_path / "afile").write_text("x")
+            with pytest.raises(ExportError, match="cannot create the parent folder"):
+                export_model("mobile_sam", ckpt, target)
+        else:
+            with pytest.raises(ExportError, match="not writable"):
+                export_model("mobile_sam", ckpt, locked / "out")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, random_checkpoint, monkeypatch) -> None:
+    """A failure after files were written (here: the self-check) removes the partial folder."""
+    import fastseg_export.export as ex
+
+    def failing_check(*args, **kwargs):
+        raise ExportError("self-check against PyTorch failed: injected")
+
+    monkeypatch.setattr(ex, "self_check", failing_check)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="injected"):
+        export_model("mobile_sam", random_checkpoint("mobile_sam"), out)
+    assert not out.exists()
+    _no_partial_left(tmp_path)
+
+
+def test_overwrite_replaces_atomically(tmp_path: Path, exported_model, random_checkpoint, monkeypatch) -> None:
+    """--overwrite swaps in the new folder; if the new export fails, the old folder is untouched."""
+    import fastseg_export.export as ex
+
+    out = tmp_path / "model"
+    shutil.copytree(exported_model("mobile_sam"), out)
+    before = sorted(p.name for p in out.iterdir())
+
+    def failing_check(*args, **kwargs):
+        raise ExportError("self-check against PyTorch failed: injected")
+
+    monkeypatch.setattr(ex, "self_check", failing_check)
+    with pytest.raises(ExportError):
+        export_model("mobile_sam", random_checkpoint("mobile_sam"), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    _no_partial_left(tmp_path)
