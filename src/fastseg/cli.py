@@ -130,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--iou", type=float, default=0.9, help="FastSAM NMS IoU threshold")
     sg.set_defaults(func=cmd_segment)
 
+    # The benchmark parses its own options (fastseg_bench.run). With argparse's REMAINDER alone, leading
+    # options (`fastseg bench --quick`) are refused as unrecognised; a prefix character that never occurs
+    # makes this parser treat every following argument, "--quick" included, as a value of bench_args.
     bn = sub.add_parser("bench", help="PyTorch originals vs fastseg (ONNX Runtime, OpenVINO f32/bf16)",
-                        add_help=False)
+                        add_help=False, prefix_chars="\0")
     bn.add_argument("bench_args", nargs=argparse.REMAINDER)
     bn.set_defaults(func=cmd_bench)
     return parser
