@@ -1,0 +1,317 @@
+"""Turning a result set into the Markdown table, the JSON file and the PNG chart.
+
+Everything here is a pure function of the result dict that ``run.py`` assembles (documented in
+``benchmarks/README.md``), so it can be tested on a made-up result set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastseg_bench.machine import machine_line, versions_line
+from fastseg_bench.stats import speedup
+
+SCHEMA = "fastseg-bench/1"
+
+#: Display name of each path, in table order.
+PATH_LABELS = {
+    "pytorch": "PyTorch original",
+    "ultralytics-openvino": "ultralytics OpenVINO export",
+    "fastseg-onnxruntime": "fastseg ONNX Runtime",
+    "fastseg-openvino-f32": "fastseg OpenVINO f32",
+    "fastseg-openvino-bf16": "fastseg OpenVINO bf16",
+}
+
+#: The measures that get a speed-up against the PyTorch original: result key -> speed-up key.
+MEASURES = {
+    "end_to_end_ms": "end_to_end",
+    "network_ms": "network",
+    "click_ms": "click",
+    "cold_start_s": "cold_start",
+}
+
+RANDOM_WEIGHTS_NOTE = (
+    "Timings on random weights equal timings on real weights: the graphs, tensor shapes and amount of "
+    "computation are identical, only the weight values differ. (FastSAM's prompt step and mask assembly "
+    "depend on how many objects are detected, which the calibrated random weights keep in the range of a "
+    "trained model's.) The masks themselves are not meaningful."
+)
+
+
+# ---------------------------------------------------------------------------------------------- ratios
+
+
+def compute_speedups(model: dict[str, Any], baseline_path: str = "pytorch") -> None:
+    """Fill ``paths[p]["speedup"]`` for every successful path of ``model``: baseline figure / path figure.
+
+    Times use the medians (``end_to_end_min`` also compares the minima); ``peak_rss`` is the baseline's
+    peak RSS divided by the path's. A measure missing on either side gives None.
+    """
+    paths = model.get("paths", {})
+    base = paths.get(baseline_path)
+    base_ok = base is not None and base.get("status") == "ok"
+    for result in paths.values():
+        if result.get("status") != "ok":
+            continue
+        ratios: dict[str, float | None] = {}
+        for key, name in MEASURES.items():
+            ours = (result.get(key) or {}).get("median")
+            theirs = (base.get(key) or {}).get("median") if base_ok else None
+            ratios[name] = speedup(theirs, ours)
+        ours_min = (result.get("end_to_end_ms") or {}).get("min")
+        theirs_min = (base.get("end_to_end_ms") or {}).get("min") if base_ok else None
+        ratios["end_to_end_min"] = speedup(theirs_min, ours_min)
+        ratios["peak_rss"] = speedup(base.get("peak_rss_mib") if base_ok else None, result.get("peak_rss_mib"))
+        result["speedup"] = ratios
+
+
+def fastseg_vs_ultralytics(model: dict[str, Any]) -> dict[str, Any] | None:
+    """FastSAM: fastseg OpenVINO at the precision ultralytics' OpenVINO path ran at, against that path.
+
+    Returns ``{"precision", "ultralytics_ms", "fastseg_path", "fastseg_ms", "speedup"}`` (medians,
+    end to end), or None when either side is missing or ultralytics ran at a precision fastseg has no
+    path for.
+    """
+    paths = model.get("paths", {})
+    ultra = paths.get("ultralytics-openvino")
+    if not ultra or ultra.get("status") != "ok":
+        return None
+    precision = ultra.get("precision")
+    ours_name = {"f32": "fastseg-openvino-f32", "bf16": "fastseg-openvino-bf16"}.get(str(precision))
+    ours = paths.get(ours_name) if ours_name else None
+    if not ours or ours.get("status") != "ok":
+        return None
+    theirs_ms = ultra["end_to_end_ms"]["median"]
+    ours_ms = ours["end_to_end_ms"]["median"]
+    return {
+        "precision": precision,
+        "ultralytics_ms": theirs_ms,
+        "fastseg_path": ours_name,
+        "fastseg_ms": ours_ms,
+        "speedup": speedup(theirs_ms, ours_ms),
+    }
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds with sensible precision: ``12,345``, ``123``, ``45.6``, ``4.56``; ``—`` for None."""
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_s(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
+
+
+def fmt_pct(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 99.995 and value < 100:
+        return ">99.99%"
+    return f"{value:.2f}%"
+
+
+def _summary_cell(summary: dict[str, Any] | None, fmt: Any) -> str:
+    if not summary:
+        return "—"
+    return f"{fmt(summary['median'])} ({fmt(summary['min'])})"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The human-readable report: run description, the main table, mask agreement, FastSAM comparison."""
+    machine = results["machine"]
+    config = results["config"]
+    lines: list[str] = ["# fastseg bench: PyTorch originals vs fastseg", ""]
+    load = machine.get("load_average_at_start")
+    load_text = (
+        f"; load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)" if load else ""
+    )
+    lines.append(f"- **machine:** {machine_line(machine)}")
+    lines.append(f"- **software:** {versions_line(machine)}")
+    lines.append(f"- **date:** {machine.get('date')}{load_text}")
+    if results.get("machine_note"):
+        lines.append(f"- **note:** {results['machine_note']}")
+    lines.append(f"- **image:** {results['image']['description']}")
+    px, py = results["prompt"]["point"]
+    lines.append(f"- **prompt:** one positive point at ({px:g}, {py:g}); SAM family: 3 multimask masks at full "
+                 "resolution; FastSAM: every mask containing the point, full resolution (retina masks)")
+    weights = {name: m.get("weights") for name, m in results["models"].items() if m.get("weights")}
+    if weights:
+        groups: dict[str, list[str]] = {}
+        for name, label in weights.items():
+            groups.setdefault(label, []).append(name)
+        lines.append("- **weights:** " + "; ".join(f"{', '.join(names)}: {label}" for label, names in groups.items()))
+        if any("random" in label for label in weights.values()):
+            lines.append(f"- **random weights:** {RANDOM_WEIGHTS_NOTE}")
+    lines.append(
+        f"- **runs per path:** {config['warmup']} warm-up, then {config['repeats']} end-to-end runs, "
+        f"{config['click_repeats']} clicks, {config['cold_starts']} cold starts"
+        + (" (--quick)" if config.get("quick") else "")
+        + "; each path in its own process"
+    )
+    lines.append(
+        "- **cells:** median (min); × = speed-up against the PyTorch original measured in this run "
+        "(its median / this median; higher is better; for peak RSS: PyTorch's / this path's)"
+    )
+    lines += ["", "| model | path | precision | end-to-end ms | × | encoder / network ms | × | one more click ms | × "
+              "| cold start s | × | peak RSS MiB | × | masks = PyTorch |",
+              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    failures: list[str] = []
+    for name, model in results["models"].items():
+        if model.get("status") != "ok":
+            failures.append(f"{name}: {model.get('error')}")
+            lines.append(f"| {name} | (all) | | failed: {_escape(str(model.get('error')))} |" + " |" * 10)
+            continue
+        for path, result in model["paths"].items():
+            label = PATH_LABELS.get(path, path)
+            if result.get("status") != "ok":
+                failures.append(f"{name} / {path}: {result.get('error')}")
+                lines.append(f"| {name} | {label} | | failed (see below) |" + " |" * 10)
+                continue
+            ratio = result.get("speedup", {})
+            agreement = result.get("mask_vs_pytorch")
+            cells = [
+                name,
+                label,
+                str(result.get("precision", "")),
+                _summary_cell(result.get("end_to_end_ms"), fmt_ms),
+                fmt_ratio(ratio.get("end_to_end")),
+                _summary_cell(result.get("network_ms"), fmt_ms),
+                fmt_ratio(ratio.get("network")),
+                _summary_cell(result.get("click_ms"), fmt_ms),
+                fmt_ratio(ratio.get("click")),
+                _summary_cell(result.get("cold_start_s"), fmt_s),
+                fmt_ratio(ratio.get("cold_start")),
+                f"{result['peak_rss_mib']:,.0f}" if result.get("peak_rss_mib") is not None else "—",
+                fmt_ratio(ratio.get("peak_rss")),
+                "reference" if path == "pytorch" else (fmt_pct(agreement["pixels_pct"]) if agreement else "—"),
+            ]
+            lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+            if result.get("cold_start_error"):
+                failures.append(f"{name} / {path} cold start: {result['cold_start_error']}")
+
+    agreement_rows = [
+        (name, m["bf16_vs_f32"]) for name, m in results["models"].items() if m.get("bf16_vs_f32") is not None
+    ]
+    if agreement_rows:
+        lines += ["", "### bf16 vs f32 masks (fastseg OpenVINO, same image and prompt)", "",
+                  "| model | pixels equal | IoU of the masks' union | masks compared |", "|---|--:|--:|---|"]
+        for name, agreement in agreement_rows:
+            lines.append(f"| {name} | {fmt_pct(agreement['pixels_pct'])} | {fmt_pct(agreement['iou_pct'])} | "
+                         f"{agreement['compared']} ({agreement['count'][0]} vs {agreement['count'][1]}) |")
+
+    versus = [(name, m["fastseg_vs_ultralytics"]) for name, m in results["models"].items()
+              if m.get("fastseg_vs_ultralytics")]
+    if versus:
+        lines += ["", "### FastSAM: fastseg vs ultralytics' own OpenVINO export, same precision", "",
+                  "| model | precision | ultralytics OpenVINO ms | fastseg ms | × |", "|---|---|--:|--:|--:|"]
+        for name, v in versus:
+            lines.append(f"| {name} | {v['precision']} | {fmt_ms(v['ultralytics_ms'])} | {fmt_ms(v['fastseg_ms'])} | "
+                         f"{fmt_ratio(v['speedup'])} |")
+        ultra_notes = {m["paths"]["ultralytics-openvino"].get("precision_note") for m in results["models"].values()
+                       if m.get("fastseg_vs_ultralytics")}
+        for note in sorted(n for n in ultra_notes if n):
+            lines += ["", note]
+
+    if failures:
+        lines += ["", "### Failures", ""] + [f"- {_escape(f)}" for f in failures]
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ JSON
+
+
+def to_json(results: dict[str, Any]) -> str:
+    """Every raw figure, as indented JSON (non-finite numbers are refused: they would mean a bug)."""
+    return json.dumps(results, indent=2, allow_nan=False) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ chart
+
+PATH_COLOURS = {
+    "pytorch": "#7f7f7f",
+    "ultralytics-openvino": "#ff7f0e",
+    "fastseg-onnxruntime": "#9ecae1",
+    "fastseg-openvino-f32": "#4292c6",
+    "fastseg-openvino-bf16": "#08519c",
+}
+
+
+def render_chart(results: dict[str, Any], path: Path) -> Path:
+    """Grouped bars, log scale: end-to-end and one-more-click medians per model and path, speed-ups on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [n for n, m in results["models"].items() if m.get("status") == "ok"]
+    paths = [p for p in PATH_LABELS if any(p in results["models"][n]["paths"] for n in models)]
+    panels = [("end_to_end_ms", "end_to_end", "End to end: image in memory → full-resolution mask"),
+              ("click_ms", "click", "One more click on an image already set")]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), constrained_layout=True)
+    width = 0.8 / max(len(paths), 1)
+    for ax, (key, ratio_key, title) in zip(axes, panels):
+        values_seen: list[float] = []
+        for j, p in enumerate(paths):
+            xs, heights = [], []
+            for i, name in enumerate(models):
+                result = results["models"][name]["paths"].get(p)
+                if not result or result.get("status") != "ok" or not result.get(key):
+                    continue
+                xs.append(i + (j - (len(paths) - 1) / 2) * width)
+                heights.append(result[key]["median"])
+            if not xs:
+                continue
+            values_seen += heights
+            bars = ax.bar(xs, heights, width * 0.92, label=PATH_LABELS[p], color=PATH_COLOURS[p])
+            for bar, x in zip(bars, xs):
+                name = models[round(x)]
+                result = results["models"][name]["paths"][p]
+                ratio = result.get("speedup", {}).get(ratio_key)
+                text = fmt_ms(result[key]["median"]) if p == "pytorch" else fmt_ratio(ratio)
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7.5, rotation=90)
+        ax.set_yscale("log")
+        if values_seen:
+            ax.set_ylim(min(values_seen) / 2, max(values_seen) * 8)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models)
+        ax.set_ylabel("milliseconds, median (log scale)")
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="y", which="major", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left", ncols=2)
+    weights = {m.get("weights") for m in results["models"].values() if m.get("weights")}
+    weight_text = "random weights (same graphs, same timings as real weights)" if any(
+        "random" in w for w in weights) else ", ".join(sorted(weights))
+    fig.suptitle(
+        f"fastseg bench — {results['machine'].get('cpu_model')}, {results['machine'].get('logical_cores')} cores, "
+        f"{results['image']['size'][1]}×{results['image']['size'][0]} photo, one point; {weight_text}\n"
+        "label on PyTorch bars: its time in ms; on the others: speed-up against PyTorch",
+        fontsize=10,
+    )
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

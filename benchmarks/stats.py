@@ -1,0 +1,93 @@
+"""Statistics of timing samples, speed-up ratios, and mask agreement: the pure arithmetic of the benchmark."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def summarize(samples: Sequence[float]) -> dict[str, Any]:
+    """``{"n", "median", "min", "max", "samples"}`` of timing samples (any unit; the unit is the caller's).
+
+    Raises:
+        ValueError: no samples, or a sample that is not a finite number >= 0.
+    """
+    values = [float(v) for v in samples]
+    if not values:
+        raise ValueError("summarize needs at least one sample, got none")
+    bad = [v for v in values if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(f"timing samples must be finite numbers >= 0, got {bad[:3]}")
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "samples": values,
+    }
+
+
+def speedup(baseline: float | None, value: float | None) -> float | None:
+    """How many times smaller ``value`` is than ``baseline`` (``baseline / value``); None if either is missing.
+
+    Used for times (``2.0`` = twice as fast as the baseline) and for memory (``2.0`` = half the memory).
+
+    Raises:
+        ValueError: a negative figure, or a zero ``value`` with a non-zero baseline (an infinite ratio
+            means a measurement went wrong).
+    """
+    if baseline is None or value is None:
+        return None
+    baseline, value = float(baseline), float(value)
+    if baseline < 0 or value < 0:
+        raise ValueError(f"speedup needs figures >= 0, got baseline={baseline}, value={value}")
+    if value == 0:
+        if baseline == 0:
+            return 1.0
+        raise ValueError(f"speedup of a zero figure against baseline {baseline} is infinite: a measurement went wrong")
+    return baseline / value
+
+
+def _union(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim == 2:
+        return masks
+    if masks.ndim == 3:
+        return masks.any(axis=0)
+    raise ValueError(f"masks must have shape (H, W) or (N, H, W), got {masks.shape}")
+
+
+def mask_agreement(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    """How alike two mask sets of the same image are.
+
+    Masks are ``(N, H, W)`` or ``(H, W)`` bool. If both have the same shape (e.g. SAM's three multimask
+    masks), pixels are compared mask by mask; otherwise (e.g. FastSAM returning a different number of
+    masks) the union of each set is compared.
+
+    Returns:
+        ``{"pixels_pct": % of compared pixels that are equal, "iou_pct": IoU of the two unions in %
+        (100 if both are empty), "compared": "masks" | "union", "count": (len(a), len(b))}``.
+
+    Raises:
+        ValueError: the masks are of images of different sizes, or not 2-D / 3-D.
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    ua, ub = _union(a), _union(b)
+    if ua.shape != ub.shape:
+        raise ValueError(f"masks of different image sizes: {ua.shape} and {ub.shape}")
+    if a.shape == b.shape:
+        compared = "masks"
+        equal = float(np.count_nonzero(a == b)) / a.size if a.size else 1.0
+    else:
+        compared = "union"
+        equal = float(np.count_nonzero(ua == ub)) / ua.size if ua.size else 1.0
+    union = np.count_nonzero(ua | ub)
+    iou = float(np.count_nonzero(ua & ub)) / union if union else 1.0
+    count = (int(a.shape[0]) if a.ndim == 3 else 1, int(b.shape[0]) if b.ndim == 3 else 1)
+    return {"pixels_pct": 100.0 * equal, "iou_pct": 100.0 * iou, "compared": compared, "count": count}

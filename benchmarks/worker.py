@@ -1,0 +1,409 @@
+"""One benchmark path, measured in a process of its own: ``python -m fastseg_bench.worker MODE JOB.json``.
+
+Each path runs in a fresh process so its peak RSS is its own and no path warms another's caches
+(beyond the OS file cache and, on purpose, the compiled-model cache for cold starts). The job file
+names the model, the path and the files; the result is written as JSON to ``job["result"]``.
+
+Modes:
+    ``measure``  load, warm up, time end-to-end runs and clicks, read the peak RSS, save the mask.
+    ``cold``     load and produce one mask, then stop: the parent times the process from its spawn.
+    ``prepare``  build or reuse the checkpoint and the exported model folders (see ``prepare.py``).
+
+Only the standard library and numpy are imported at the top: the fastseg paths must not pay for (or
+hide behind) torch being imported, and a cold start must count every import its path needs.
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.time()  # as early as possible: the cold-start clock is the parent's, this is a check
+
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
+
+#: Every path the benchmark knows, in table order, with the families it applies to.
+PATHS: dict[str, tuple[str, ...]] = {
+    "pytorch": ("sam", "fastsam"),
+    "ultralytics-openvino": ("fastsam",),
+    "fastseg-onnxruntime": ("sam", "fastsam"),
+    "fastseg-openvino-f32": ("sam", "fastsam"),
+    "fastseg-openvino-bf16": ("sam", "fastsam"),
+}
+
+#: ``segment_anything`` / ``mobile_sam`` registry key of each SAM-family model.
+SAM_ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "mobile_sam": "vit_t"}
+
+#: ultralytics FastSAM prediction settings: FastSAM's published defaults, as the issue prescribes.
+FASTSAM_PREDICT = {"retina_masks": True, "imgsz": 1024, "conf": 0.4, "iou": 0.9, "verbose": False}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# --------------------------------------------------------------------------------------------- runners
+# A runner loads one path and offers: prepare_image(rgb) -> the image as that library takes it (outside
+# the timed region), end_to_end(image, point) -> masks, begin_clicks(image), click(point) -> masks,
+# last_network_s (network time inside the last end_to_end), info() -> dict.
+
+
+class SamTorchRunner:
+    """``segment_anything.SamPredictor`` / ``mobile_sam.SamPredictor`` at their defaults."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        import torch
+
+        model = job["model"]
+        if model not in SAM_ARCH:
+            raise ValueError(f"no PyTorch SAM architecture for {model!r}; expected one of {sorted(SAM_ARCH)}")
+        if model == "mobile_sam":
+            from mobile_sam import SamPredictor, sam_model_registry
+
+            self.api = "mobile_sam.SamPredictor"
+        else:
+            from segment_anything import SamPredictor, sam_model_registry
+
+            self.api = "segment_anything.SamPredictor"
+        sam = sam_model_registry[SAM_ARCH[model]](checkpoint=job["checkpoint"])
+        sam.eval()
+        self.predictor = SamPredictor(sam)
+        self.last_network_s: float | None = None
+        self._started = 0.0
+        self._encoder_s: list[float] = []
+        sam.image_encoder.register_forward_pre_hook(self._encoder_start)
+        sam.image_encoder.register_forward_hook(self._encoder_stop)
+        self._threads = torch.get_num_threads()
+
+    def _encoder_start(self, *_: Any) -> None:
+        self._started = time.perf_counter()
+
+    def _encoder_stop(self, *_: Any) -> None:
+        self._encoder_s.append(time.perf_counter() - self._started)
+
+    def prepare_image(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return rgb  # SamPredictor.set_image takes RGB HWC uint8
+
+    def _predict(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        masks, _, _ = self.predictor.predict(
+            point_coords=np.array([point], dtype=np.float32), point_labels=np.array([1]), multimask_output=True
+        )
+        return np.asarray(masks, dtype=bool)
+
+    def end_to_end(self, image: npt.NDArray[np.uint8], point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        self._encoder_s.clear()
+        self.predictor.set_image(image)
+        masks = self._predict(point)
+        self.last_network_s = sum(self._encoder_s) if self._encoder_s else None
+        return masks
+
+    def begin_clicks(self, image: npt.NDArray[np.uint8]) -> None:
+        if not self.predictor.is_image_set:
+            self.predictor.set_image(image)
+
+    def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        return self._predict(point)
+
+    def info(self) -> dict[str, Any]:
+        return {"api": self.api, "precision": "f32", "threads": self._threads,
+                "network": "image_encoder forward (timed with hooks inside set_image)"}
+
+
+class UltralyticsFastSamRunner:
+    """``ultralytics.FastSAM(weights).predict(image, points=..., retina_masks=True, imgsz=1024, conf=0.4, iou=0.9)``.
+
+    ``weights`` is the ``.pt`` checkpoint (the PyTorch original) or the folder written by
+    ``FastSAM(ckpt).export(format="openvino", imgsz=1024)`` (ultralytics' own OpenVINO path).
+    """
+
+    def __init__(self, job: dict[str, Any], weights: str, api: str) -> None:
+        import torch
+        from ultralytics import FastSAM
+
+        self.model = FastSAM(weights)
+        self.api = api
+        self.last_network_s: float | None = None
+        self._everything: Any = None
+        self._threads = torch.get_num_threads()
+        self._precision: str | None = None
+
+    def prepare_image(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return np.ascontiguousarray(rgb[:, :, ::-1])  # ultralytics reads numpy images as BGR (OpenCV order)
+
+    @staticmethod
+    def _masks(result: Any) -> npt.NDArray[np.bool_]:
+        h, w = result.orig_shape
+        if result.masks is None:
+            return np.zeros((0, h, w), dtype=bool)
+        masks = result.masks.data.cpu().numpy() > 0.5
+        if masks.shape[1:] != (h, w):
+            raise RuntimeError(f"ultralytics returned masks of shape {masks.shape[1:]}, expected the image's {(h, w)}")
+        return masks
+
+    def end_to_end(self, image: npt.NDArray[np.uint8], point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        results = self.model.predict(image, points=[list(point)], labels=[1], **FASTSAM_PREDICT)
+        self.last_network_s = float(results[0].speed["inference"]) / 1000.0
+        return self._masks(results[0])
+
+    def begin_clicks(self, image: npt.NDArray[np.uint8]) -> None:
+        # ultralytics has no set_image: the nearest thing is predicting without prompts once, then
+        # prompting those results with FastSAMPredictor.prompt, which is what predict(points=...) does.
+        self._everything = self.model.predict(image, **FASTSAM_PREDICT)
+
+    def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        results = self.model.predictor.prompt(self._everything, points=[list(point)], labels=[1])
+        return self._masks(results[0])
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"api": self.api, "threads": self._threads,
+                                "network": "ultralytics Results.speed['inference']"}
+        backend = getattr(self.model.predictor, "model", None)
+        compiled = getattr(backend, "ov_compiled_model", None) if backend is not None else None
+        if compiled is not None:
+            # ultralytics compiles with {"PERFORMANCE_HINT": "LATENCY"} only, so the CPU plugin picks its
+            # default precision: bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere. Read it back.
+            info["precision"] = _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            info["precision_source"] = "OpenVINO CPU default (ultralytics sets no precision hint), read back"
+            info["ov_execution_devices"] = list(compiled.get_property("EXECUTION_DEVICES"))
+        else:
+            info["precision"] = "f32"
+        return info
+
+
+class TimedSession:
+    """Wraps a fastseg backend session and records the wall time of each ``run`` under its graph name."""
+
+    def __init__(self, inner: Any, graph: str, times: dict[str, list[float]]) -> None:
+        self._inner = inner
+        self._graph = graph
+        self._times = times
+        self.input_names = inner.input_names
+        self.output_names = inner.output_names
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        out = self._inner.run(feeds)
+        self._times.setdefault(self._graph, []).append(time.perf_counter() - start)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def inference_precision(self) -> str | None:
+        """The precision OpenVINO actually compiled with (None for ONNX Runtime)."""
+        compiled = getattr(self._inner, "_compiled", None)
+        if compiled is None:
+            return None
+        return _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def _ov_type_name(value: Any) -> str:
+    name = value.to_string() if hasattr(value, "to_string") else str(value)
+    return {"f32": "f32", "bf16": "bf16", "f16": "f16"}.get(name, name)
+
+
+class FastsegRunner:
+    """``fastseg.Predictor(model_dir, backend, precision)``: ``set_image`` then ``predict``."""
+
+    def __init__(self, job: dict[str, Any], backend: str, precision: str) -> None:
+        import fastseg.predictor as predictor_module
+
+        self._times: dict[str, list[float]] = {}
+        self._sessions: dict[str, TimedSession] = {}
+        original = predictor_module.open_session
+
+        def timed_open_session(folder: Any, graph: str, *args: Any, **kwargs: Any) -> TimedSession:
+            session = TimedSession(original(folder, graph, *args, **kwargs), graph, self._times)
+            self._sessions[graph] = session
+            return session
+
+        predictor_module.open_session = timed_open_session  # time each graph's run inside the real pipeline
+        try:
+            self.predictor = predictor_module.Predictor(job["model_dir"], backend=backend, precision=precision)
+        finally:
+            predictor_module.open_session = original
+        self.family = self.predictor.folder.family
+        self.network_graph = "encoder" if self.family == "sam" else "network"
+        if self.network_graph not in self._sessions:
+            raise RuntimeError(
+                f"could not time the {self.network_graph!r} graph: the Predictor opened "
+                f"{sorted(self._sessions) or 'no sessions'} through fastseg.predictor.open_session"
+            )
+        self.backend, self.precision = backend, precision
+        self.last_network_s: float | None = None
+
+    def prepare_image(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return rgb
+
+    def _predict(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        result = self.predictor.predict(points=[list(point)], labels=[1], multimask=True)
+        return np.asarray(result.masks, dtype=bool)
+
+    def end_to_end(self, image: npt.NDArray[np.uint8], point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        self._times.clear()
+        self.predictor.set_image(image)
+        masks = self._predict(point)
+        runs = self._times.get(self.network_graph, [])
+        self.last_network_s = sum(runs) if runs else None
+        return masks
+
+    def begin_clicks(self, image: npt.NDArray[np.uint8]) -> None:
+        if self.predictor.image_size is None:
+            self.predictor.set_image(image)
+
+    def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        return self._predict(point)
+
+    def info(self) -> dict[str, Any]:
+        compiled = {g: s.inference_precision() for g, s in self._sessions.items()}
+        shown = {p for p in compiled.values() if p is not None}
+        return {
+            "api": f"fastseg.Predictor(backend={self.backend!r}, precision={self.precision!r})",
+            "precision": shown.pop() if len(shown) == 1 else (self.precision if not shown else str(compiled)),
+            "precision_per_graph": compiled,
+            "network": f"{self.network_graph} graph session.run inside set_image",
+            "weights": self.predictor.folder.weights,
+            "torch_imported": "torch" in sys.modules,
+        }
+
+
+def make_runner(job: dict[str, Any]) -> Any:
+    path, family = job["path"], job["family"]
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; expected one of {list(PATHS)}")
+    if family not in PATHS[path]:
+        raise ValueError(f"path {path!r} does not apply to the {family!r} family")
+    if path == "pytorch":
+        if family == "sam":
+            return SamTorchRunner(job)
+        return UltralyticsFastSamRunner(job, job["checkpoint"], "ultralytics.FastSAM (PyTorch)")
+    if path == "ultralytics-openvino":
+        return UltralyticsFastSamRunner(job, job["ultralytics_dir"], "ultralytics.FastSAM (its own OpenVINO export)")
+    backend, precision = {
+        "fastseg-onnxruntime": ("onnxruntime", "f32"),
+        "fastseg-openvino-f32": ("openvino", "f32"),
+        "fastseg-openvino-bf16": ("openvino", "bf16"),
+    }[path]
+    return FastsegRunner(job, backend, precision)
+
+
+# ------------------------------------------------------------------------------------------------ modes
+
+
+def _label(job: dict[str, Any]) -> str:
+    return f"{job['model']} / {job['path']}"
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    image = np.load(job["image"])
+    point = (float(job["point"][0]), float(job["point"][1]))
+    label = _label(job)
+    log(f"{label}: loading")
+    start = time.perf_counter()
+    runner = make_runner(job)
+    load_s = time.perf_counter() - start
+    native = runner.prepare_image(image)
+    log(f"{label}: loaded in {load_s:.1f} s; warm-up x{job['warmup']}")
+    for _ in range(job["warmup"]):
+        runner.end_to_end(native, point)
+    e2e: list[float] = []
+    network: list[float] = []
+    masks = None
+    for i in range(job["repeats"]):
+        start = time.perf_counter()
+        masks = runner.end_to_end(native, point)
+        e2e.append(time.perf_counter() - start)
+        if runner.last_network_s is not None:
+            network.append(runner.last_network_s)
+        net = f", network {network[-1] * 1000:,.0f} ms" if runner.last_network_s is not None else ""
+        log(f"{label}: end-to-end {i + 1}/{job['repeats']}: {e2e[-1] * 1000:,.0f} ms{net}")
+    assert masks is not None  # repeats >= 1 is checked by the parent
+    runner.begin_clicks(native)
+    runner.click(point)  # warm-up
+    clicks: list[float] = []
+    for _ in range(job["click_repeats"]):
+        start = time.perf_counter()
+        runner.click(point)
+        clicks.append(time.perf_counter() - start)
+    log(f"{label}: one more click x{len(clicks)}: min {min(clicks) * 1000:,.1f} ms")
+    rss = peak_rss_mib()
+    np.save(job["mask"], masks)
+    return {
+        "status": "ok",
+        "load_s": load_s,
+        "end_to_end_s": e2e,
+        "network_s": network,
+        "click_s": clicks,
+        "peak_rss_mib": rss,
+        "mask_shape": list(masks.shape),
+        "mask_pixels": int(np.count_nonzero(masks)),
+        "info": runner.info(),
+    }
+
+
+def cold(job: dict[str, Any]) -> dict[str, Any]:
+    image = np.load(job["image"])
+    point = (float(job["point"][0]), float(job["point"][1]))
+    start = time.perf_counter()
+    runner = make_runner(job)
+    load_s = time.perf_counter() - start
+    native = runner.prepare_image(image)
+    start = time.perf_counter()
+    masks = runner.end_to_end(native, point)
+    first_mask_s = time.perf_counter() - start
+    done = time.time()
+    return {
+        "status": "ok",
+        "process_start": PROCESS_START,
+        "first_mask_at": done,
+        "load_s": load_s,
+        "first_mask_s": first_mask_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "mask_shape": list(masks.shape),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("measure", "cold", "prepare"):
+        print(f"usage: python -m fastseg_bench.worker measure|cold|prepare JOB.json (got {argv})", file=sys.stderr)
+        return 2
+    mode, job_path = argv
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    try:
+        if mode == "measure":
+            result = measure(job)
+        elif mode == "cold":
+            result = cold(job)
+        else:
+            from fastseg_bench.prepare import prepare_model
+
+            result = prepare_model(job)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent with its traceback, never swallowed
+        result = {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            "traceback": traceback.format_exc(),
+        }
+        print(result["traceback"], file=sys.stderr, flush=True)
+    tmp = Path(job["result"] + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, job["result"])
+    return 0 if result.get("status") == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
