@@ -1,0 +1,320 @@
+"""Export recipe for the SAM family: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h`` and ``mobile_sam``.
+
+Two graphs, the same for every variant:
+
+``encoder``
+    ``image`` (1, 3, 1024, 1024) float32, normalised and zero-padded by :func:`fastseg.sam.preprocess`
+    -> ``image_embeddings`` (1, 256, 64, 64).
+``decoder``
+    prompt encoder + mask decoder, without mask selection and without upscaling.
+    ``image_embeddings`` (1, 256, 64, 64), ``point_coords`` (B, N, 2) float32 in the 1024-input frame,
+    ``point_labels`` (B, N) float32 (1 foreground, 0 background, 2 / 3 box corners, -1 padding),
+    ``mask_input`` (1 or B, 1, 256, 256), ``has_mask_input`` (1,) float32
+    -> ``low_res_masks`` (B, 4, 256, 256) logits and ``iou_predictions`` (B, 4).
+    All four masks come out so the runtime reproduces ``multimask_output`` (masks 1..3, or mask 0).
+
+The runtime (:mod:`fastseg.sam`) builds the point array the way ``segment_anything`` does (points,
+then a padding point only when there is no box, then the two corners of the box), so the graph
+takes points and nothing else. Mask upscaling stays in numpy; see :func:`fastseg.sam.upscale_masks`
+for the measurements behind that choice.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastseg.registry import ModelSpec
+from fastseg_export.common import CheckpointError, Graph, check_state_dict_matches, load_state_dict
+
+#: ``segment_anything`` / ``mobile_sam`` registry key of each fastseg model name.
+_ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "mobile_sam": "vit_t"}
+
+#: Scale applied to the last layer of each hypernetwork MLP of a random-weight mask decoder, so its
+#: logits are as decisive as a trained model's (std ~1.4 instead of ~0.05; shared REFERENCE.md).
+HYPERNETWORK_SCALE = 30.0
+
+EMBED_DIM = 256
+EMBED_SIZE = 64
+LOW_RES_SIZE = 256
+
+
+def _registry(spec: ModelSpec) -> dict[str, Any]:
+    if spec.name not in _ARCH:
+        raise ValueError(f"{spec.name!r} is not a SAM-family model; expected one of {sorted(_ARCH)}")
+    if spec.name == "mobile_sam":
+        with warnings.catch_warnings():
+            # mobile_sam re-registers TinyViT names in timm's registry on import
+            warnings.simplefilter("ignore", UserWarning)
+            from mobile_sam import sam_model_registry
+    else:
+        from segment_anything import sam_model_registry
+    return sam_model_registry
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The official architecture of ``spec`` with its default (random) initialisation, no weights loaded."""
+    model = _registry(spec)[_ARCH[spec.name]](checkpoint=None)
+    return model.float()
+
+
+def load_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
+    """Build the official model and load ``checkpoint`` (a state dict) into it, safely.
+
+    The official builders call a bare ``torch.load``; here the file is read with
+    ``weights_only=True`` and its keys and shapes are compared with the architecture first, so a
+    ViT-B checkpoint given as ``mobile_sam`` (or ViT-L given as ViT-B) raises a ``CheckpointError``
+    naming the mismatch instead of a half-loaded model.
+    """
+    checkpoint = Path(checkpoint)
+    state = load_state_dict(checkpoint)
+    model = build_model(spec)
+    check_state_dict_matches(model, state, f"{spec.name} ({spec.checkpoint_format})", checkpoint)
+    model.load_state_dict(state, strict=True)
+    # eval() after loading: TinyViT caches its attention biases (a non-persistent buffer) in eval(),
+    # so the builder's own eval() before loading would leave the random-init biases in the cache.
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
+    """Write a seeded random-weight checkpoint of ``spec`` in the official format (a state dict).
+
+    The real architecture's default initialisation, with two changes so that tests on it are not
+    vacuous (shared REFERENCE.md): the last layer of every ``output_hypernetworks_mlps[i]`` is scaled
+    by :data:`HYPERNETWORK_SCALE`, giving decisive mask logits like a trained model's, and TinyViT's
+    ``attention_biases`` (zeros at init, non-zero once trained) get N(0, 1) values, so a stale
+    attention-bias cache would show. Same seed, same bytes; written atomically.
+    """
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec)
+        with torch.no_grad():
+            for mlp in model.mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].weight.mul_(HYPERNETWORK_SCALE)
+                mlp.layers[-1].bias.mul_(HYPERNETWORK_SCALE)
+            for name, param in model.named_parameters():
+                if name.endswith("attention_biases"):
+                    param.normal_(0.0, 1.0)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()  # in memory: torch.save names the archive after the file, keep it fixed
+    torch.save(state, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SamEncoder(nn.Module):
+    """``image`` (1, 3, 1024, 1024) normalised and padded -> ``image_embeddings`` (1, 256, 64, 64)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class SamDecoder(nn.Module):
+    """Prompt encoder + mask decoder, all four masks, for any number B of prompt sets.
+
+    The points are embedded as ``PromptEncoder._embed_points`` / ``_embed_boxes`` do: shift by
+    +0.5 to the pixel centre, random-Fourier positional encoding, then ``not_a_point_embed`` instead
+    of it for label -1 and ``point_embeddings[i]`` added for label i (0, 1 points; 2, 3 box corners).
+    Selections use ``torch.where``, so each embedding is bit-for-bit the sum the original computes.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        pe = model.prompt_encoder
+        self.pe_layer = pe.pe_layer
+        self.point_embeddings = pe.point_embeddings
+        self.not_a_point_embed = pe.not_a_point_embed
+        self.mask_downscaling = pe.mask_downscaling
+        self.no_mask_embed = pe.no_mask_embed
+        self.input_h, self.input_w = pe.input_image_size
+        self.mask_decoder = model.mask_decoder
+        image_pe = pe.get_dense_pe().detach().clone()  # (1, 256, 64, 64)
+        self.register_buffer("image_pe_flat", image_pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        coords = coords + 0.5
+        x = coords[..., 0:1] / self.input_w
+        y = coords[..., 1:2] / self.input_h
+        pe = self.pe_layer._pe_encoding(torch.cat([x, y], dim=-1))  # (B, N, 256)
+        labels = labels.unsqueeze(-1)
+        out = torch.where(labels == -1, self.not_a_point_embed.weight, pe)
+        for i, embedding in enumerate(self.point_embeddings):
+            out = torch.where(labels == i, pe + embedding.weight, out)
+        return out
+
+    def embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        dense = has_mask_input * self.mask_downscaling(mask_input)
+        return dense + (1 - has_mask_input) * self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_masks(mask_input, has_mask_input)
+        return self.predict_masks(image_embeddings, sparse, dense)
+
+    def transformer(self, image_embedding: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``TwoWayTransformer.forward`` with the image side flattened by one NCHW -> NHWC transpose.
+
+        The original's ``flatten(2).permute(0, 2, 1)`` became two slow 3-D transposes in OpenVINO (one
+        per consumer, ~1.6 ms each); a 4-D (0, 2, 3, 1) transpose is done once. The positional
+        encoding is constant and enters pre-flattened.
+        """
+        t = self.mask_decoder.transformer
+        keys = image_embedding.permute(0, 2, 3, 1).reshape(image_embedding.shape[0], -1, image_embedding.shape[1])
+        queries = tokens
+        for layer in t.layers:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=self.image_pe_flat)
+        attn_out = t.final_attn_token_to_image(q=queries + tokens, k=keys + self.image_pe_flat, v=keys)
+        queries = t.norm_final_attn(queries + attn_out)
+        return queries, keys
+
+    def predict_masks(
+        self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``MaskDecoder.predict_masks`` without its ``repeat_interleave`` of the image embedding.
+
+        The original copies the (1, 256, 64, 64) embedding and positional encoding B times before
+        the transformer. Every operation of the transformer broadcasts over the batch, so here the
+        image side enters with batch 1 and becomes batch B at the first image-to-token attention:
+        the same arithmetic per prompt set, without B copies (whose dynamic ``Tile`` took ~10% of
+        the decoder's time in OpenVINO) and with the image-side projections of the first block
+        computed once instead of B times.
+        """
+        dec = self.mask_decoder
+        batch = sparse.shape[0]
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        src = image_embeddings + dense
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : (1 + dec.num_mask_tokens), :]
+        src = src.transpose(1, 2).reshape(batch, c, h, w)
+        upscaled = dec.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+        )
+        _, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(batch, c, h * w)).reshape(batch, -1, h, w)
+        return masks, dec.iou_prediction_head(iou_token_out)
+
+
+def graphs(model: nn.Module, spec: ModelSpec) -> list[Graph]:
+    size = spec.input_size
+    encoder = Graph(
+        name="encoder",
+        module=SamEncoder(model).eval(),
+        example_inputs=(torch.zeros(1, 3, size, size),),
+        input_names=["image"],
+        output_names=["image_embeddings"],
+    )
+    # Trace with B = 2 prompt sets of N = 3 points so neither dimension is specialised to 1.
+    gen = torch.Generator().manual_seed(0)
+    decoder = Graph(
+        name="decoder",
+        module=SamDecoder(model).eval(),
+        example_inputs=(
+            torch.randn(1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE, generator=gen),
+            torch.rand(2, 3, 2, generator=gen) * size,
+            torch.tensor([[1.0, 0.0, -1.0], [1.0, 2.0, 3.0]]),
+            torch.randn(2, 1, LOW_RES_SIZE, LOW_RES_SIZE, generator=gen),
+            torch.ones(1),
+        ),
+        input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+        output_names=["low_res_masks", "iou_predictions"],
+        dynamic_axes={
+            "point_coords": {0: "batch", 1: "num_points"},
+            "point_labels": {0: "batch", 1: "num_points"},
+            "mask_input": {0: "mask_batch"},
+            "low_res_masks": {0: "batch"},
+            "iou_predictions": {0: "batch"},
+        },
+    )
+    return [encoder, decoder]
+
+
+def manifest_extra(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "embedding_shape": [EMBED_DIM, EMBED_SIZE, EMBED_SIZE],
+        "low_res_size": LOW_RES_SIZE,
+        "num_mask_outputs": int(model.mask_decoder.num_mask_tokens),
+    }
+
+
+def check_inputs(model: nn.Module, spec: ModelSpec, image: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of each graph computed from a real photo with the runtime's own preprocessing.
+
+    The decoder gets the PyTorch encoder's embedding of the photo and two prompt sets in one batch:
+    one foreground point (padded with label -1 to the length of the other set) and two points plus
+    a box, in the 1024-input frame exactly as :class:`fastseg.sam.SamEngine` builds them.
+    """
+    from fastseg import sam as rt
+
+    tensor, input_size = rt.preprocess(image, spec)
+    with torch.no_grad():
+        embedding = model.image_encoder(torch.from_numpy(tensor)).numpy()
+    h, w = image.shape[:2]
+    points = np.array([[0.5 * w, 0.5 * h], [0.3 * w, 0.6 * h]], dtype=np.float32)
+    box = np.array([[0.2 * w, 0.25 * h, 0.8 * w, 0.75 * h]], dtype=np.float32)
+    one_coords, one_labels = rt.build_prompt_arrays(points[:1], np.array([1]), None, (h, w), spec.input_size)
+    set_coords, set_labels = rt.build_prompt_arrays(points, np.array([1, 0]), box, (h, w), spec.input_size)
+    n = set_coords.shape[1]
+    pad = n - one_coords.shape[1]
+    one_coords = np.concatenate([one_coords, np.zeros((1, pad, 2), np.float32)], axis=1)
+    one_labels = np.concatenate([one_labels, -np.ones((1, pad), np.float32)], axis=1)
+    return {
+        "encoder": {"image": tensor},
+        "decoder": {
+            "image_embeddings": embedding,
+            "point_coords": np.concatenate([one_coords, set_coords]),
+            "point_labels": np.concatenate([one_labels, set_labels]),
+            "mask_input": np.zeros((1, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        },
+    }
+
+
+__all__ = [
+    "CheckpointError",
+    "HYPERNETWORK_SCALE",
+    "SamDecoder",
+    "SamEncoder",
+    "build_model",
+    "check_inputs",
+    "graphs",
+    "load_model",
+    "manifest_extra",
+    "write_random_checkpoint",
+]
