@@ -20,7 +20,9 @@ CPU_FLAGS = {
     "amx_int8": "AMX INT8",
 }
 
-PACKAGES = ("fastseg", "openvino", "onnxruntime", "torch", "ultralytics", "segment-anything", "mobilesam-mirror", "numpy")
+PACKAGES = (
+    "fastseg", "openvino", "onnxruntime", "torch", "ultralytics", "segment-anything", "mobilesam-mirror", "numpy",
+)
 
 
 def parse_cpuinfo(text: str) -> dict[str, Any]:
@@ -70,7 +72,9 @@ def _openvino_cpu() -> dict[str, Any]:
 def describe_machine() -> dict[str, Any]:
     """The machine description written into every result."""
     cpuinfo_path = Path("/proc/cpuinfo")
-    cpu = parse_cpuinfo(cpuinfo_path.read_text(errors="replace")) if cpuinfo_path.exists() else {"model": None, "flags": {}}
+    cpu: dict[str, Any] = {"model": None, "flags": {}}
+    if cpuinfo_path.exists():
+        cpu = parse_cpuinfo(cpuinfo_path.read_text(errors="replace"))
     meminfo = Path("/proc/meminfo")
     ram = parse_meminfo(meminfo.read_text()) if meminfo.exists() else None
     physical = None
@@ -119,7 +123,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     flags = machine.get("flags", {})
     shown = ("AVX-512", "AVX-512 BF16", "AVX-512 VNNI", "AMX BF16")
     flag_text = ", ".join(f"{name} {'yes' if flags.get(name) else 'no'}" for name in shown if name in flags)
-    return f"{machine.get('cpu_model', 'unknown CPU')}, {core_text}, {ram_text}" + (f"; {flag_text}" if flag_text else "")
+    text = f"{machine.get('cpu_model', 'unknown CPU')}, {core_text}, {ram_text}"
+    return text + (f"; {flag_text}" if flag_text else "")
 
 
 def versions_line(machine: dict[str, Any]) -> str:

@@ -113,11 +113,10 @@ def random_checkpoint(name: str, cache: Path) -> Path:
 
 def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path) -> Path:
     """The fastseg model folder exported from ``checkpoint``, exported if missing or outdated."""
+    import fastseg
     from fastseg.manifest import ModelFolderError, load_model_folder
     from fastseg.registry import get_spec
     from fastseg_export.export import export_model
-
-    import fastseg
 
     family = get_spec(name).family
     runtime = Path(fastseg.__file__).parent

@@ -128,6 +128,10 @@ def fmt_pct(value: float | None) -> str:
     return f"{value:.2f}%"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _summary_cell(summary: dict[str, Any] | None, fmt: Any) -> str:
     if not summary:
         return "—"
@@ -166,7 +170,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(f"- **random weights:** {RANDOM_WEIGHTS_NOTE}")
     lines.append(
         f"- **runs per path:** {config['warmup']} warm-up, then {config['repeats']} end-to-end runs, "
-        f"{config['click_repeats']} clicks, {config['cold_starts']} cold starts"
+        f"{config['click_repeats']} clicks, {_plural(config['cold_starts'], 'cold start')}"
         + (" (--quick)" if config.get("quick") else "")
         + "; each path in its own process"
     )
@@ -259,56 +263,70 @@ PATH_COLOURS = {
 }
 
 
+def fmt_duration(ms: float) -> str:
+    """Compact duration for chart labels: ``7.7 s``, ``1.66 s``, ``55 ms``, ``4.2 ms``."""
+    if ms >= 10_000:
+        return f"{ms / 1000:.1f} s"
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+
+
 def render_chart(results: dict[str, Any], path: Path) -> Path:
     """Grouped bars, log scale: end-to-end and one-more-click medians per model and path, speed-ups on the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     models = [n for n, m in results["models"].items() if m.get("status") == "ok"]
     paths = [p for p in PATH_LABELS if any(p in results["models"][n]["paths"] for n in models)]
     panels = [("end_to_end_ms", "end_to_end", "End to end: image in memory → full-resolution mask"),
               ("click_ms", "click", "One more click on an image already set")]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(max(11.0, 3.4 * len(models) + 3), 6.6), constrained_layout=True)
     width = 0.8 / max(len(paths), 1)
     for ax, (key, ratio_key, title) in zip(axes, panels):
         values_seen: list[float] = []
         for j, p in enumerate(paths):
-            xs, heights = [], []
+            xs, heights, labels = [], [], []
             for i, name in enumerate(models):
                 result = results["models"][name]["paths"].get(p)
                 if not result or result.get("status") != "ok" or not result.get(key):
                     continue
+                median = result[key]["median"]
                 xs.append(i + (j - (len(paths) - 1) / 2) * width)
-                heights.append(result[key]["median"])
+                heights.append(median)
+                ratio = result.get("speedup", {}).get(ratio_key)
+                labels.append(fmt_duration(median) if p == "pytorch" else fmt_ratio(ratio).replace("×", "x"))
             if not xs:
                 continue
             values_seen += heights
             bars = ax.bar(xs, heights, width * 0.92, label=PATH_LABELS[p], color=PATH_COLOURS[p])
-            for bar, x in zip(bars, xs):
-                name = models[round(x)]
-                result = results["models"][name]["paths"][p]
-                ratio = result.get("speedup", {}).get(ratio_key)
-                text = fmt_ms(result[key]["median"]) if p == "pytorch" else fmt_ratio(ratio)
+            for bar, text in zip(bars, labels):
                 ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=7.5, rotation=90)
+                            textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                            fontweight="bold" if p == "pytorch" else "normal")
         ax.set_yscale("log")
         if values_seen:
-            ax.set_ylim(min(values_seen) / 2, max(values_seen) * 8)
+            ax.set_ylim(min(values_seen) / 2, max(values_seen) * 6)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g} s" if v >= 1000 else f"{v:g} ms"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models)
-        ax.set_ylabel("milliseconds, median (log scale)")
+        ax.set_ylabel("median time (log scale)")
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", which="major", alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left", ncols=2)
     weights = {m.get("weights") for m in results["models"].values() if m.get("weights")}
     weight_text = "random weights (same graphs, same timings as real weights)" if any(
         "random" in w for w in weights) else ", ".join(sorted(weights))
+    h, w = results["image"]["size"]
     fig.suptitle(
-        f"fastseg bench — {results['machine'].get('cpu_model')}, {results['machine'].get('logical_cores')} cores, "
-        f"{results['image']['size'][1]}×{results['image']['size'][0]} photo, one point; {weight_text}\n"
-        "label on PyTorch bars: its time in ms; on the others: speed-up against PyTorch",
+        f"fastseg bench — {results['machine'].get('cpu_model')}, {results['machine'].get('logical_cores')} cores; "
+        f"{w}×{h} photo, one point prompt\n{weight_text}\n"
+        "bold label: the PyTorch original's time; other labels: speed-up against it (higher is better)",
         fontsize=10,
     )
     path = Path(path)

@@ -31,7 +31,14 @@ import numpy.typing as npt
 from fastseg.registry import REGISTRY, get_spec
 from fastseg_bench.machine import describe_machine
 from fastseg_bench.prepare import default_cache_root
-from fastseg_bench.report import SCHEMA, compute_speedups, fastseg_vs_ultralytics, render_chart, render_markdown, to_json
+from fastseg_bench.report import (
+    SCHEMA,
+    compute_speedups,
+    fastseg_vs_ultralytics,
+    render_chart,
+    render_markdown,
+    to_json,
+)
 from fastseg_bench.stats import mask_agreement, summarize
 from fastseg_bench.worker import PATHS
 
@@ -404,7 +411,8 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
     }
     job_base = {
         "model": name, "family": spec.family, "image": str(image_path), "point": list(point),
-        "checkpoint": prep["checkpoint"], "model_dir": prep["model_dir"], "ultralytics_dir": prep.get("ultralytics_dir"),
+        "checkpoint": prep["checkpoint"], "model_dir": prep["model_dir"],
+        "ultralytics_dir": prep.get("ultralytics_dir"),
         "warmup": config.warmup, "repeats": config.repeats, "click_repeats": config.click_repeats,
     }
     masks: dict[str, Path] = {}
@@ -427,6 +435,7 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
                 cold_error = run.get("error")
                 break
             run["wall_s"] = run["first_mask_at"] - spawned
+            run["startup_s"] = run["process_start"] - spawned  # interpreter start until the worker's first line
             log(f"{name} / {path}: cold start {i + 1}: {run['wall_s']:.2f} s to the first mask "
                 f"(load {run['load_s']:.2f} s, first mask {run['first_mask_s']:.2f} s)")
             colds.append(run)
