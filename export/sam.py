@@ -276,32 +276,39 @@ def manifest_extra(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
 def check_inputs(model: nn.Module, spec: ModelSpec, image: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of each graph computed from a real photo with the runtime's own preprocessing.
 
-    The decoder gets the PyTorch encoder's embedding of the photo and two prompt sets in one batch:
-    one foreground point (padded with label -1 to the length of the other set) and two points plus
-    a box, in the 1024-input frame exactly as :class:`fastseg.sam.SamEngine` builds them.
+    The decoder gets the PyTorch encoder's embedding of the photo and two prompt sets in one batch,
+    laid out by :func:`fastseg.sam.build_prompt_arrays` as the runtime does: one foreground point
+    (its padding point repeated to the length of the other set) and two points plus a box. The mask
+    input is PyTorch's own low-resolution answer to the first set, so the mask path is checked with
+    realistic logits rather than multiplied by zero.
     """
     from fastseg import sam as rt
 
-    tensor, input_size = rt.preprocess(image, spec)
+    tensor, _ = rt.preprocess(image, spec)
     with torch.no_grad():
         embedding = model.image_encoder(torch.from_numpy(tensor)).numpy()
     h, w = image.shape[:2]
     points = np.array([[0.5 * w, 0.5 * h], [0.3 * w, 0.6 * h]], dtype=np.float32)
     box = np.array([[0.2 * w, 0.25 * h, 0.8 * w, 0.75 * h]], dtype=np.float32)
-    one_coords, one_labels = rt.build_prompt_arrays(points[:1], np.array([1]), None, (h, w), spec.input_size)
-    set_coords, set_labels = rt.build_prompt_arrays(points, np.array([1, 0]), box, (h, w), spec.input_size)
-    n = set_coords.shape[1]
-    pad = n - one_coords.shape[1]
-    one_coords = np.concatenate([one_coords, np.zeros((1, pad, 2), np.float32)], axis=1)
-    one_labels = np.concatenate([one_labels, -np.ones((1, pad), np.float32)], axis=1)
+    one_xy, one_labels = rt.build_prompt_arrays(points[:1], np.array([1]), None, (h, w), spec.input_size)
+    set_xy, set_labels = rt.build_prompt_arrays(points, np.array([1, 0]), box, (h, w), spec.input_size)
+    pad = set_xy.shape[1] - one_xy.shape[1]
+    one_xy = np.concatenate([one_xy, np.zeros((1, pad, 2), np.float32)], axis=1)
+    one_labels = np.concatenate([one_labels, np.full((1, pad), -1.0, np.float32)], axis=1)
+    decoder = SamDecoder(model).eval()
+    no_mask = torch.zeros(1, 1, LOW_RES_SIZE, LOW_RES_SIZE)
+    with torch.no_grad():
+        low_res, _ = decoder(
+            torch.from_numpy(embedding), torch.from_numpy(one_xy), torch.from_numpy(one_labels), no_mask, torch.zeros(1)
+        )
     return {
         "encoder": {"image": tensor},
         "decoder": {
             "image_embeddings": embedding,
-            "point_coords": np.concatenate([one_coords, set_coords]),
+            "point_coords": np.concatenate([one_xy, set_xy]),
             "point_labels": np.concatenate([one_labels, set_labels]),
-            "mask_input": np.zeros((1, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32),
-            "has_mask_input": np.zeros(1, np.float32),
+            "mask_input": low_res[:, :1].numpy().copy(),
+            "has_mask_input": np.ones(1, np.float32),
         },
     }
 

@@ -522,6 +522,45 @@ class SamEngine:
             prompt_index=np.repeat(np.arange(n_sets, dtype=np.int64), per_set),
         )
 
+    def decode(
+        self, point_coords: npt.NDArray[np.float32], point_labels: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One raw decoder run on the image set, without mask input and without upscaling.
+
+        For callers that batch many prompt sets and upscale only some masks (``fastseg.everything``).
+
+        Args:
+            point_coords: ``(B, N, 2)`` float32 in the input frame, laid out as
+                :func:`build_prompt_arrays` does (padding point included).
+            point_labels: ``(B, N)`` float32.
+
+        Returns:
+            ``low_res_masks`` ``(B, 4, 256, 256)`` logits and ``iou_predictions`` ``(B, 4)``.
+        """
+        emb = self.get_image_embedding()
+        coords = np.ascontiguousarray(point_coords, dtype=np.float32)
+        labels = np.ascontiguousarray(point_labels, dtype=np.float32)
+        if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
+            raise ValueError(f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}")
+        size = self.low_res_size
+        out = self._decoder.run(
+            {
+                "image_embeddings": emb.embedding,
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": np.zeros((1, 1, size, size), dtype=np.float32),
+                "has_mask_input": np.zeros(1, dtype=np.float32),
+            }
+        )
+        low_res, iou = out["low_res_masks"], out["iou_predictions"]
+        n_sets = coords.shape[0]
+        if low_res.shape != (n_sets, NUM_MASK_OUTPUTS, size, size) or iou.shape != (n_sets, NUM_MASK_OUTPUTS):
+            raise RuntimeError(
+                f"decoder returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
+                f"({n_sets}, {NUM_MASK_OUTPUTS}, {size}, {size}) and ({n_sets}, {NUM_MASK_OUTPUTS})"
+            )
+        return low_res, iou
+
 
 def _require_names(have: Any, needed: tuple[str, ...], what: str) -> None:
     missing = [n for n in needed if n not in tuple(have)]
