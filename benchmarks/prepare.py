@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,8 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"status": "ok", "family", "checkpoint", "checkpoint_sha256", "weights", "model_dir",
-        "ultralytics_dir"}``.
+        "model_dir_error", "ultralytics_dir", "ultralytics_error"}``: a failed export leaves its folder
+        None and its error set, so only the paths that need it fail.
     """
     from fastseg.manifest import load_model_folder
     from fastseg.registry import get_spec
@@ -210,6 +212,8 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
         checkpoint = random_checkpoint(name, cache)
     log(f"{name}: sha256 of {checkpoint.name}")
     sha = sha256_file(checkpoint)
+    model_dir: Path | None = None
+    model_dir_error = None
     if user_folder is not None:
         recorded = user_folder.manifest.get("checkpoint", {})
         if recorded.get("sha256") != sha:
@@ -222,17 +226,40 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
             )
         model_dir = user_folder.path
     else:
-        model_dir = fastseg_folder(name, checkpoint, sha, cache)
-    weights = load_model_folder(model_dir).weights
+        # A failed export fails the fastseg paths only: the originals still run on the checkpoint.
+        try:
+            model_dir = fastseg_folder(name, checkpoint, sha, cache)
+        except Exception as exc:  # noqa: BLE001 - reported per path, with the traceback on stderr
+            model_dir_error = f"fastseg export failed: {_one_line(exc)}"
+            log(f"{name}: {model_dir_error}\n{traceback.format_exc()}")
+    weights = load_model_folder(model_dir).weights if model_dir is not None else _checkpoint_label(checkpoint)
     ultralytics_dir = None
+    ultralytics_error = None
     if job.get("ultralytics") and spec.family == "fastsam":
-        ultralytics_dir = ultralytics_openvino(name, checkpoint, sha, cache)
+        try:
+            ultralytics_dir = ultralytics_openvino(name, checkpoint, sha, cache)
+        except Exception as exc:  # noqa: BLE001 - reported on the ultralytics path, with the traceback on stderr
+            ultralytics_error = f"ultralytics' OpenVINO export failed: {_one_line(exc)}"
+            log(f"{name}: {ultralytics_error}\n{traceback.format_exc()}")
     return {
         "status": "ok",
         "family": spec.family,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha,
         "weights": weights,
-        "model_dir": str(model_dir),
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "model_dir_error": model_dir_error,
         "ultralytics_dir": str(ultralytics_dir) if ultralytics_dir else None,
+        "ultralytics_error": ultralytics_error,
     }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _checkpoint_label(checkpoint: Path) -> str:
+    from fastseg_export.random_weights import random_weights_label
+
+    return random_weights_label(checkpoint) or "official checkpoint"

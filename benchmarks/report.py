@@ -233,10 +233,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         for name, v in versus:
             lines.append(f"| {name} | {v['precision']} | {fmt_ms(v['ultralytics_ms'])} | {fmt_ms(v['fastseg_ms'])} | "
                          f"{fmt_ratio(v['speedup'])} |")
-        ultra_notes = {m["paths"]["ultralytics-openvino"].get("precision_note") for m in results["models"].values()
-                       if m.get("fastseg_vs_ultralytics")}
-        for note in sorted(n for n in ultra_notes if n):
-            lines += ["", note]
+
+    notes = sorted({m["paths"]["ultralytics-openvino"]["precision_note"] for m in results["models"].values()
+                    if m.get("paths", {}).get("ultralytics-openvino", {}).get("precision_note")})
+    if notes:
+        lines += ["", "### ultralytics' OpenVINO path", ""] + [f"- {n}" for n in notes]
 
     if failures:
         lines += ["", "### Failures", ""] + [f"- {_escape(f)}" for f in failures]
@@ -318,7 +319,12 @@ def render_chart(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("median time (log scale)")
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", which="major", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="upper left", ncols=2)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="upper left", ncols=2)
+    else:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no path finished: see the Failures section of bench.md", ha="center",
+                    transform=ax.transAxes)
     weights = {m.get("weights") for m in results["models"].values() if m.get("weights")}
     weight_text = "random weights (same graphs, same timings as real weights)" if any(
         "random" in w for w in weights) else ", ".join(sorted(weights))

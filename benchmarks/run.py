@@ -419,6 +419,11 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
     for path in paths:
         tag = f"{name}-{path}"
         mask_file = work / f"{tag}.mask.npy"
+        missing = (prep.get("ultralytics_error") if path == "ultralytics-openvino"
+                   else prep.get("model_dir_error") if path.startswith("fastseg-") else None)
+        if missing:
+            model["paths"][path] = {"status": "failed", "error": missing}
+            continue
         log(f"{name} / {path}: timed runs ({config.warmup} warm-up, {config.repeats} end-to-end, "
             f"{config.click_repeats} clicks)")
         measured, _ = run_child("measure", dict(job_base, path=path, mask=str(mask_file)), work, tag, config.timeout)

@@ -171,6 +171,8 @@ class UltralyticsFastSamRunner:
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"api": self.api, "threads": self._threads,
                                 "network": "ultralytics Results.speed['inference']"}
+        if self._everything is not None:
+            info["detections_before_prompt"] = len(self._everything[0])
         backend = getattr(self.model.predictor, "model", None)
         compiled = getattr(backend, "ov_compiled_model", None) if backend is not None else None
         if compiled is not None:
