@@ -1,0 +1,896 @@
+"""FastSAM in numpy: ultralytics' letterbox, NMS, retina masks and prompt rules, and the engine.
+
+FastSAM is a one-class YOLOv8-seg network. The network graph (``network``) maps a letterboxed RGB
+image ``images`` ``(1, 3, H, W)`` float32 in 0..1 to
+
+- ``detections`` ``(1, 4 + 1 + 32, A)``: per anchor a box (centre x, centre y, width, height in input
+  pixels), the confidence, and 32 mask coefficients;
+- ``protos`` ``(1, 32, H / 4, W / 4)``: the mask prototypes.
+
+Everything around the graph is reproduced here from ultralytics (``FastSAMPredictor`` and the YOLO
+segmentation predictor it extends) so that fastseg returns the masks ultralytics returns:
+
+1. :func:`letterbox`: resize with OpenCV's ``INTER_LINEAR`` arithmetic (fixed point, no antialias;
+   bit-exact with ``cv2.resize``), pad with 114 to the smallest multiple of the stride (a rectangle,
+   as ultralytics' PyTorch predictor does).
+2. :func:`non_max_suppression`: confidence filter, centre-to-corner boxes, greedy NMS with
+   ``torchvision.ops.nms`` semantics, at most 300 detections.
+3. :func:`scale_boxes`: boxes back to original-image pixels, clipped.
+4. Retina masks (``process_mask_native``): coefficients @ prototypes, crop the letterbox padding,
+   bilinear to the original size, crop to the box, ``> 0``; detections whose mask is empty are
+   dropped.
+5. FastSAM's border rule (:func:`snap_boxes_to_image`) and prompt rules (:func:`select_by_points`,
+   :func:`select_by_boxes`).
+
+The expensive step in ultralytics is (4): it builds every detection's mask at full resolution. Here
+a mask's logits are computed only where they can matter (:class:`MaskAssembler`): inside the
+detection's box (everything outside is zero by the crop), at the prompt points, and for the prompt
+box only for detections whose box overlaps it. Every computed pixel uses the same arithmetic as the
+full computation, so the selection is the same; full masks are assembled only for the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fastseg.results import SegmentationResult
+
+#: ultralytics ``LetterBox`` padding value.
+PAD_VALUE = 114
+#: ultralytics ``non_max_suppression`` defaults used by its predictor.
+MAX_DET = 300
+MAX_NMS = 30000
+#: FastSAM: box edges within this many pixels of the image border are snapped to it ...
+BORDER_SNAP_PX = 20
+#: ... and a box whose IoU with the whole image exceeds this becomes the whole image.
+FULL_BOX_IOU = 0.9
+#: FastSAM's ultralytics defaults.
+DEFAULT_CONF = 0.4
+DEFAULT_IOU = 0.9
+
+_COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS
+_COEF_SCALE = 1 << _COEF_BITS
+
+FloatArray = npt.NDArray[np.float32]
+
+
+# ----------------------------------------------------------------------------------------------
+# Letterbox
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image sits inside the network input (ultralytics ``LetterBox(auto=True)``).
+
+    Attributes:
+        image_size: ``(h, w)`` of the original image.
+        resized_size: ``(h, w)`` the image is resized to.
+        input_size: ``(H, W)`` of the network input, multiples of the stride.
+        top, left: padding above and left of the resized image, in input pixels.
+    """
+
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    input_size: tuple[int, int]
+    top: int
+    left: int
+
+
+def letterbox_geometry(image_size: tuple[int, int], size: int = 1024, stride: int = 32) -> Letterbox:
+    """The letterbox ultralytics' PyTorch predictor uses: longest side to ``size``, minimum rectangle.
+
+    Reproduces ``LetterBox.get_params`` with ``auto=True`` (Python ``round``, i.e. half to even, and
+    its ``round(d - 0.1)`` / ``round(d + 0.1)`` split of odd padding).
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
+    r = min(size / h, size / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (size - new_w) % stride / 2, (size - new_h) % stride / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    return Letterbox(
+        image_size=(h, w),
+        resized_size=(new_h, new_w),
+        input_size=(new_h + top + bottom, new_w + left + right),
+        top=top,
+        left=left,
+    )
+
+
+def _linear_taps(src: int, dst: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """OpenCV's source index and fraction per destination pixel (``resize.cpp``, INTER_LINEAR)."""
+    scale = 1.0 / (dst / src)  # OpenCV computes inv_scale = dst/src first, then scale = 1/inv_scale
+    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    s = np.floor(f)
+    return s.astype(np.intp), (f - s).astype(np.float32)
+
+
+def _fixed_point(weight: FloatArray) -> npt.NDArray[np.int32]:
+    """``saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE)``: float32 product, round half to even."""
+    return np.rint(weight.astype(np.float32) * np.float32(_COEF_SCALE)).astype(np.int32)
+
+
+def resize_linear(image: npt.NDArray[np.uint8], out_h: int, out_w: int) -> npt.NDArray[np.uint8]:
+    """``cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)`` for uint8 ``(H, W, C)``.
+
+    OpenCV's bilinear resize is not PIL's: no antialiasing when shrinking, 11-bit fixed-point weights,
+    and a SIMD vertical pass that rounds in two steps. This reproduces that arithmetic (and the exact
+    2x shrink, which OpenCV routes to its area filter), bit-exact with the x86-64 OpenCV build
+    ultralytics uses (checked in ``tests/test_fastsam_processing.py``).
+    """
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"image must be uint8 (H, W, C), got {image.dtype} {image.shape}")
+    in_h, in_w, channels = image.shape
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"output size must be positive, got {out_h}x{out_w}")
+    if (out_h, out_w) == (in_h, in_w):
+        return image.copy()
+    scale_x, scale_y = 1.0 / (out_w / in_w), 1.0 / (out_h / in_h)
+    eps = np.finfo(np.float64).eps
+    if abs(scale_x - 2) < eps and abs(scale_y - 2) < eps:  # OpenCV: exact 2x shrink -> INTER_AREA
+        x = image[: 2 * out_h, : 2 * out_w].astype(np.uint16)
+        total = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
+        return ((total + 2) >> 2).astype(np.uint8)
+
+    # Horizontal pass: int32 sums of two 11-bit weighted taps. Past the right edge OpenCV uses the
+    # last pixel with weight 1; before the left edge the first pixel.
+    sx, fx = _linear_taps(in_w, out_w)
+    right = sx >= in_w - 1
+    left = sx < 0
+    fx[left | right] = 0
+    sx = np.clip(sx, 0, in_w - 1)
+    sx1 = np.minimum(sx + 1, in_w - 1)
+    ax0, ax1 = _fixed_point(np.float32(1) - fx), _fixed_point(fx)
+
+    # Vertical taps: rows are clamped but their weights are kept as computed.
+    sy, fy = _linear_taps(in_h, out_h)
+    row0, row1 = np.clip(sy, 0, in_h - 1), np.clip(sy + 1, 0, in_h - 1)
+    by0, by1 = _fixed_point(np.float32(1) - fy), _fixed_point(fy)
+
+    rows, inverse = np.unique(np.concatenate([row0, row1]), return_inverse=True)
+    src = image[rows].astype(np.int32)  # only the source rows some output row reads
+    horizontal = src[:, sx, :] * ax0[None, :, None]
+    horizontal += src[:, sx1, :] * ax1[None, :, None]
+    horizontal >>= 4  # the SIMD vertical pass works on (sum >> 4) packed to int16
+    top = horizontal[inverse[:out_h]]
+    bottom = horizontal[inverse[out_h:]]
+    # VResizeLinearVec_32s8u: ((a*b0) >> 16) + ((b*b1) >> 16), then (+2) >> 2, saturated to uint8.
+    top *= by0[:, None, None]
+    top >>= 16
+    bottom *= by1[:, None, None]
+    bottom >>= 16
+    top += bottom
+    top += 2
+    top >>= 2
+    np.clip(top, 0, 255, out=top)
+    return top.astype(np.uint8).reshape(out_h, out_w, channels)
+
+
+def letterbox(
+    image: npt.NDArray[np.uint8], size: int = 1024, stride: int = 32
+) -> tuple[npt.NDArray[np.uint8], Letterbox]:
+    """Resize and pad an RGB uint8 ``(h, w, 3)`` image as ultralytics does; returns ``(H, W, 3)`` uint8."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    geo = letterbox_geometry(image.shape[:2], size, stride)
+    new_h, new_w = geo.resized_size
+    resized = resize_linear(image, new_h, new_w) if (new_h, new_w) != geo.image_size else image
+    canvas = np.full((*geo.input_size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[geo.top : geo.top + new_h, geo.left : geo.left + new_w] = resized
+    return canvas, geo
+
+
+def preprocess(image: npt.NDArray[np.uint8], size: int = 1024, stride: int = 32) -> tuple[FloatArray, Letterbox]:
+    """The network input ``(1, 3, H, W)`` float32 in 0..1 (RGB) for an RGB uint8 image, and its geometry."""
+    canvas, geo = letterbox(image, size, stride)
+    tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+    tensor /= np.float32(255)  # torch: im.float().div_(255)
+    return np.ascontiguousarray(tensor), geo
+
+
+# ----------------------------------------------------------------------------------------------
+# Detections
+# ----------------------------------------------------------------------------------------------
+
+
+def xywh_to_xyxy(boxes: FloatArray) -> FloatArray:
+    """Centre/size ``(N, 4)`` to corners, in float32 as ultralytics' ``xywh2xyxy``."""
+    half = boxes[:, 2:4] / np.float32(2)
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1).astype(np.float32)
+
+
+def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> npt.NDArray[np.int64]:
+    """Greedy NMS with ``torchvision.ops.nms`` semantics (CPU kernel).
+
+    Args:
+        boxes: ``(N, 4)`` float32 XYXY.
+        scores: ``(N,)`` float32.
+        iou_threshold: a box is dropped if its IoU with a kept, higher-scoring box is ``>`` this.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by decreasing score (ties keep input order).
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],):
+        raise ValueError(f"nms needs boxes (N, 4) and scores (N,), got {boxes.shape} and {scores.shape}")
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    threshold = float(iou_threshold)
+    for position, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[position + 1 :]
+        rest = rest[~suppressed[rest]]
+        if rest.size == 0:
+            break
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        suppressed[rest[overlap.astype(np.float64) > threshold]] = True  # float vs double, as in C++
+    return np.asarray(keep, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections after NMS, in NMS order (decreasing confidence).
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 XYXY in network-input pixels.
+        scores: ``(N,)`` float32 confidences.
+        coefficients: ``(N, M)`` float32 mask coefficients.
+    """
+
+    boxes: FloatArray
+    scores: FloatArray
+    coefficients: FloatArray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def non_max_suppression(
+    detections: FloatArray, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU, max_det: int = MAX_DET
+) -> Detections:
+    """ultralytics ``non_max_suppression`` for one image of a one-class segmentation model.
+
+    Args:
+        detections: ``(1, 5 + M, A)`` or ``(5 + M, A)`` network output: xywh, confidence, M coefficients.
+        conf: keep anchors with confidence ``> conf`` (compared in float32, as torch does).
+        iou: NMS IoU threshold.
+        max_det: at most this many detections.
+    """
+    pred = np.asarray(detections, dtype=np.float32)
+    if pred.ndim == 3:
+        if pred.shape[0] != 1:
+            raise ValueError(f"detections must hold one image, got batch {pred.shape[0]}")
+        pred = pred[0]
+    if pred.ndim != 2 or pred.shape[0] < 5:
+        raise ValueError(f"detections must have shape (1, 5 + M, A), got {np.shape(detections)}")
+    scores_all = pred[4]
+    candidates = np.flatnonzero(scores_all > np.float32(conf))
+    x = pred[:, candidates].T  # (n, 5 + M)
+    if len(x) > MAX_NMS:  # ultralytics keeps the MAX_NMS most confident
+        x = x[np.argsort(-x[:, 4], kind="stable")[:MAX_NMS]]
+    boxes = xywh_to_xyxy(x[:, :4])
+    scores = np.ascontiguousarray(x[:, 4])
+    keep = nms(boxes, scores, iou)[:max_det]
+    return Detections(
+        boxes=boxes[keep],
+        scores=scores[keep],
+        coefficients=np.ascontiguousarray(x[keep, 5:]),
+    )
+
+
+def scale_boxes(boxes: FloatArray, input_size: tuple[int, int], image_size: tuple[int, int]) -> FloatArray:
+    """ultralytics ``scale_boxes``: input-pixel XYXY to original-image pixels, clipped to the image."""
+    in_h, in_w = input_size
+    h, w = image_size
+    gain = min(in_h / h, in_w / w)
+    new_h, new_w = max(round(h * gain), 1), max(round(w * gain), 1)
+    gain_y, gain_x = new_h / h, new_w / w
+    pad_x = round((in_w - new_w) / 2 - 0.1)
+    pad_y = round((in_h - new_h) / 2 - 0.1)
+    out = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+    out[:, [0, 2]] -= np.float32(pad_x)
+    out[:, [1, 3]] -= np.float32(pad_y)
+    out[:, [0, 2]] /= np.float32(gain_x)  # torch divides a float32 tensor by a float32 scalar
+    out[:, [1, 3]] /= np.float32(gain_y)
+    out[:, 0] = np.clip(out[:, 0], 0, w)
+    out[:, 2] = np.clip(out[:, 2], 0, w)
+    out[:, 1] = np.clip(out[:, 1], 0, h)
+    out[:, 3] = np.clip(out[:, 3], 0, h)
+    return out
+
+
+def box_iou(a: FloatArray, b: FloatArray, eps: float = 1e-7) -> FloatArray:
+    """ultralytics ``box_iou``: ``(N, M)`` IoU of XYXY boxes in float32, with its ``eps``."""
+    a = np.asarray(a, dtype=np.float32)[:, None, :]
+    b = np.asarray(b, dtype=np.float32)[None, :, :]
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    wh_a, wh_b = a[..., 2:] - a[..., :2], b[..., 2:] - b[..., :2]
+    union = wh_a[..., 0] * wh_a[..., 1] + wh_b[..., 0] * wh_b[..., 1] - inter + np.float32(eps)
+    return (inter / union).astype(np.float32)
+
+
+def snap_boxes_to_image(boxes: FloatArray, image_size: tuple[int, int]) -> FloatArray:
+    """FastSAM's border rule on XYXY boxes in original pixels (returns a new array).
+
+    Edges within 20 px of the border move onto it (``adjust_bboxes_to_image_border``; ultralytics
+    applies this to every returned box, as it works on a view of the result's boxes), then boxes with
+    IoU > 0.9 against the whole image become the whole image.
+    """
+    h, w = image_size
+    out = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+    out[out[:, 0] < BORDER_SNAP_PX, 0] = 0
+    out[out[:, 1] < BORDER_SNAP_PX, 1] = 0
+    out[out[:, 2] > w - BORDER_SNAP_PX, 2] = w
+    out[out[:, 3] > h - BORDER_SNAP_PX, 3] = h
+    full = np.array([[0, 0, w, h]], dtype=np.float32)
+    if len(out):
+        out[box_iou(full, out)[0] > np.float32(FULL_BOX_IOU)] = full[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Bilinear taps along one axis (torch ``upsample_bilinear2d``, ``align_corners=False``)."""
+
+    i0: npt.NDArray[np.intp]
+    i1: npt.NDArray[np.intp]
+    w0: FloatArray
+    w1: FloatArray
+
+
+def _torch_bilinear_taps(in_size: int, out_size: int, scale_factor: float | None = None) -> _Taps:
+    """Source indices and weights of ``F.interpolate(..., mode="bilinear")`` along one axis.
+
+    torch computes in float32: ``scale = in / out`` (or ``1 / scale_factor`` when one is given),
+    ``src = max(scale * (dst + 0.5) - 0.5, 0)``, ``i0 = floor(src)``, ``w1 = src - i0``,
+    ``i1 = i0 + (i0 < in - 1)``, ``w0 = 1 - w1``.
+    """
+    scale = np.float32(1.0 / scale_factor) if scale_factor else np.float32(in_size) / np.float32(out_size)
+    dst = np.arange(out_size, dtype=np.float32)
+    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.intp), in_size - 1)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    i1 = i0 + (i0 < in_size - 1)
+    return _Taps(i0=i0, i1=i1, w0=(np.float32(1) - w1).astype(np.float32), w1=w1)
+
+
+def _interpolate(values: FloatArray, rows: _Taps, cols: _Taps) -> FloatArray:
+    """``(t(r0) * wr0 + t(r1) * wr1)`` with ``t(r) = v[r, c0] * wc0 + v[r, c1] * wc1``, torch's order.
+
+    ``values`` is ``(n, R, C)``; the taps index its last two axes; returns ``(n, len(rows), len(cols))``.
+    """
+    across = values[:, :, cols.i0] * cols.w0
+    across += values[:, :, cols.i1] * cols.w1
+    out = across[:, rows.i0, :] * rows.w0[:, None]
+    out += across[:, rows.i1, :] * rows.w1[:, None]
+    return out
+
+
+def _restrict(taps: _Taps, index: npt.NDArray[np.intp]) -> tuple[_Taps, npt.NDArray[np.intp]]:
+    """Taps of the given destination indices, re-pointed at the compact set of sources they read."""
+    i0, i1 = taps.i0[index], taps.i1[index]
+    sources, inverse = np.unique(np.concatenate([i0, i1]), return_inverse=True)
+    n = len(index)
+    return _Taps(i0=inverse[:n], i1=inverse[n:], w0=taps.w0[index], w1=taps.w1[index]), sources
+
+
+class MaskAssembler:
+    """ultralytics ``process_mask_native`` (retina masks), evaluated only where needed.
+
+    ultralytics computes ``logits = coefficients @ prototypes`` (``(N, mh, mw)``), upsamples them by
+    ``f`` in {1, 2, 4} (the smallest factor that puts the letterbox padding on whole pixels), crops
+    the padding, resizes bilinearly to the original ``(h, w)``, thresholds ``> 0`` and zeroes
+    everything outside each detection's box. A pixel's value depends only on its own row and column
+    taps, so this class evaluates any set of rows x columns of any detections with the same
+    arithmetic, without building the full-resolution stack.
+
+    Args:
+        protos: ``(M, mh, mw)`` float32 prototypes.
+        coefficients: ``(N, M)`` float32 mask coefficients.
+        boxes: ``(N, 4)`` float32 XYXY boxes in original pixels (after :func:`scale_boxes`).
+        image_size: ``(h, w)`` of the original image.
+    """
+
+    def __init__(
+        self, protos: FloatArray, coefficients: FloatArray, boxes: FloatArray, image_size: tuple[int, int]
+    ) -> None:
+        m, mh, mw = protos.shape
+        if coefficients.ndim != 2 or coefficients.shape[1] != m:
+            raise ValueError(f"coefficients must be (N, {m}), got {coefficients.shape}")
+        h, w = int(image_size[0]), int(image_size[1])
+        self.image_size = (h, w)
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+        n = coefficients.shape[0]
+        # torch: masks_in @ protos.view(c, -1); one product for all detections, cached.
+        self._logits = (coefficients.astype(np.float32) @ protos.reshape(m, -1).astype(np.float32)).reshape(n, mh, mw)
+        # ultralytics process_mask_native: choose the pre-upsampling factor f.
+        gain = min(4 * mh / h, 4 * mw / w)
+        pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
+        self.factor = 4 // math.gcd(4, pad | pad // 2)
+        f = self.factor
+        if f > 1:
+            self._up_rows: _Taps | None = _torch_bilinear_taps(mh, mh * f, scale_factor=f)
+            self._up_cols: _Taps | None = _torch_bilinear_taps(mw, mw * f, scale_factor=f)
+        else:
+            self._up_rows = self._up_cols = None
+        # ultralytics scale_masks: crop the padding of the (f*mh, f*mw) grid, resize to (h, w).
+        gh, gw = mh * f, mw * f
+        g = min(gh / h, gw / w)
+        pad_w, pad_h = (gw - max(round(w * g), 1)) / 2, (gh - max(round(h * g), 1)) / 2
+        top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+        bottom, right = top + max(round(h * g), 1), left + max(round(w * g), 1)
+        self._identity = (gh, gw) == (h, w)  # scale_masks returns its input unchanged
+        rows = _torch_bilinear_taps(bottom - top, h)
+        cols = _torch_bilinear_taps(right - left, w)
+        self._rows = _Taps(rows.i0 + top, rows.i1 + top, rows.w0, rows.w1)
+        self._cols = _Taps(cols.i0 + left, cols.i1 + left, cols.w0, cols.w1)
+        # crop_mask: pixel columns c with x1 <= c < x2 (and rows likewise), compared in float32.
+        grid_x = np.arange(w, dtype=np.float32)
+        grid_y = np.arange(h, dtype=np.float32)
+        self.col_start = np.searchsorted(grid_x, self.boxes[:, 0], side="left")
+        self.col_stop = np.maximum(np.searchsorted(grid_x, self.boxes[:, 2], side="left"), self.col_start)
+        self.row_start = np.searchsorted(grid_y, self.boxes[:, 1], side="left")
+        self.row_stop = np.maximum(np.searchsorted(grid_y, self.boxes[:, 3], side="left"), self.row_start)
+        self._nonempty: npt.NDArray[np.int8] = np.full(n, -1, dtype=np.int8)  # -1 unknown, 0/1 known
+
+    def __len__(self) -> int:
+        return int(self._logits.shape[0])
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def logits_at(
+        self, detections: npt.NDArray[np.intp], rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp]
+    ) -> FloatArray:
+        """Full-resolution mask logits ``(n, len(rows), len(cols))`` before the box crop."""
+        detections = np.asarray(detections, dtype=np.intp)
+        rows = np.asarray(rows, dtype=np.intp)
+        cols = np.asarray(cols, dtype=np.intp)
+        if self._identity:
+            return self._grid_values(detections, rows, cols)
+        row_taps, grid_rows = _restrict(self._rows, rows)
+        col_taps, grid_cols = _restrict(self._cols, cols)
+        grid = self._grid_values(detections, grid_rows, grid_cols)
+        return _interpolate(grid, row_taps, col_taps)
+
+    def _grid_values(
+        self, detections: npt.NDArray[np.intp], rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp]
+    ) -> FloatArray:
+        """Values of the ``f``-times upsampled logits grid at rows x cols."""
+        if self.factor == 1:
+            return self._logits[detections[:, None, None], rows[None, :, None], cols[None, None, :]]
+        assert self._up_rows is not None and self._up_cols is not None
+        row_taps, low_rows = _restrict(self._up_rows, rows)
+        col_taps, low_cols = _restrict(self._up_cols, cols)
+        low = self._logits[detections[:, None, None], low_rows[None, :, None], low_cols[None, None, :]]
+        return _interpolate(low, row_taps, col_taps)
+
+    def _low_res_span(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[slice, slice]:
+        """The prototype-grid rows and columns that output rows/cols ``[start, stop)`` read from."""
+
+        def span(taps: _Taps | None, up: _Taps | None, start: int, stop: int) -> slice:
+            lo, hi = (start, stop - 1)
+            if taps is not None:
+                lo, hi = int(taps.i0[lo]), int(taps.i1[hi])
+            if up is not None:
+                lo, hi = int(up.i0[lo]), int(up.i1[hi])
+            return slice(lo, hi + 1)
+
+        out_rows = None if self._identity else self._rows
+        out_cols = None if self._identity else self._cols
+        return span(out_rows, self._up_rows, *rows), span(out_cols, self._up_cols, *cols)
+
+    def region(self, i: int) -> tuple[int, int, int, int]:
+        """``(row_start, row_stop, col_start, col_stop)`` of detection ``i``'s box crop."""
+        return (int(self.row_start[i]), int(self.row_stop[i]), int(self.col_start[i]), int(self.col_stop[i]))
+
+    def box_mask(self, i: int) -> npt.NDArray[np.bool_]:
+        """Detection ``i``'s binary mask inside its box crop, ``(rows, cols)`` bool."""
+        r0, r1, c0, c1 = self.region(i)
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=bool)
+        return self.logits_at(np.array([i]), np.arange(r0, r1), np.arange(c0, c1))[0] > 0
+
+    def full_mask(self, i: int, out: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.bool_]:
+        """Detection ``i``'s binary mask at the original resolution ``(h, w)``."""
+        if out is None:
+            out = np.zeros(self.image_size, dtype=bool)
+        r0, r1, c0, c1 = self.region(i)
+        out[r0:r1, c0:c1] = self.box_mask(i)
+        return out
+
+    def values_at_points(self, detections: npt.NDArray[np.intp], xy: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Binary mask values ``(n, P)`` at integer pixels ``xy`` ``(P, 2)`` (after the box crop)."""
+        detections = np.asarray(detections, dtype=np.intp)
+        out = np.zeros((len(detections), len(xy)), dtype=bool)
+        if len(detections) == 0:
+            return out
+        for p, (x, y) in enumerate(xy):
+            inside = (
+                (self.col_start[detections] <= x)
+                & (x < self.col_stop[detections])
+                & (self.row_start[detections] <= y)
+                & (y < self.row_stop[detections])
+            )
+            if inside.any():
+                dets = detections[inside]
+                out[inside, p] = self.logits_at(dets, np.array([y]), np.array([x]))[:, 0, 0] > 0
+        return out
+
+    # -- emptiness (ultralytics keeps only detections whose mask has a pixel) --------------------------
+
+    def nonempty(self, detections: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.bool_]:
+        """Whether each detection's cropped mask has at least one pixel (cached per detection).
+
+        Decided exactly and cheaply in three steps: an empty crop, or prototype-grid logits that are
+        all ``<= 0`` over the crop's footprint, mean empty (bilinear weights are non-negative); a probe
+        on a coarse pixel grid that finds a positive pixel means non-empty; only the rest are
+        evaluated over their whole crop.
+        """
+        idx = np.arange(len(self)) if detections is None else np.asarray(detections, dtype=np.intp)
+        for i in idx[self._nonempty[idx] < 0]:
+            self._nonempty[i] = self._decide_nonempty(int(i))
+        return self._nonempty[idx].astype(bool)
+
+    def _decide_nonempty(self, i: int) -> bool:
+        r0, r1, c0, c1 = self.region(i)
+        if r1 <= r0 or c1 <= c0:
+            return False
+        low_rows, low_cols = self._low_res_span((r0, r1), (c0, c1))
+        if not (self._logits[i, low_rows, low_cols] > 0).any():
+            return False
+        # Probe about two pixels per prototype cell along each axis.
+        mh, mw = self._logits.shape[1:]
+        step_r = max(1, self.image_size[0] // (2 * mh))
+        step_c = max(1, self.image_size[1] // (2 * mw))
+        probe = self.logits_at(np.array([i]), np.arange(r0, r1, step_r), np.arange(c0, c1, step_c))
+        if (probe > 0).any():
+            return True
+        return bool(self.box_mask(i).any())
+
+    # -- areas ----------------------------------------------------------------------------------------
+
+    def area(self, i: int, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> int:
+        """Pixel count of detection ``i``'s mask, optionally inside rows/cols ``[start, stop)``."""
+        r0, r1, c0, c1 = self.region(i)
+        if rows is not None:
+            r0, r1 = max(r0, rows[0]), min(r1, rows[1])
+        if cols is not None:
+            c0, c1 = max(c0, cols[0]), min(c1, cols[1])
+        if r1 <= r0 or c1 <= c0:
+            return 0
+        return int((self.logits_at(np.array([i]), np.arange(r0, r1), np.arange(c0, c1))[0] > 0).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt rules (ultralytics FastSAMPredictor.prompt)
+# ----------------------------------------------------------------------------------------------
+
+
+def point_pixels(points: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int64]:
+    """Prompt points as ultralytics indexes masks with them: int64 (truncated), clipped to the image."""
+    h, w = image_size
+    xy = np.asarray(points, dtype=np.float32).reshape(-1, 2).astype(np.int64)
+    xy[:, 0] = np.clip(xy[:, 0], 0, w - 1)
+    xy[:, 1] = np.clip(xy[:, 1], 0, h - 1)
+    return xy
+
+
+def box_pixels(boxes: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int32]:
+    """Prompt boxes as ultralytics slices masks with them: int32 (truncated), clipped to the image."""
+    h, w = image_size
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).astype(np.int32)
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
+    return b
+
+
+def select_by_points(
+    point_values: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer[Any]]
+) -> npt.NDArray[np.bool_]:
+    """ultralytics' point rule on ``point_values`` ``(N, P)`` (mask value of detection n at point p).
+
+    A detection is selected if it contains a positive point and no negative point; if the labels sum
+    to 0 (all negative), every detection not containing a negative point is selected.
+    """
+    labels = np.asarray(labels).astype(np.int32)
+    if point_values.shape[1:] != labels.shape:
+        raise ValueError(f"{point_values.shape[1]} point values per detection but {labels.shape[0]} labels")
+    if labels.sum() == 0:
+        chosen = np.ones(point_values.shape[0], dtype=bool)
+    else:
+        chosen = point_values[:, labels == 1].any(axis=1)
+    chosen &= ~point_values[:, labels == 0].any(axis=1)
+    return chosen
+
+
+def select_by_boxes(
+    inside_areas: npt.NDArray[np.int64], mask_areas: npt.NDArray[np.int64], boxes: npt.NDArray[np.int32]
+) -> npt.NDArray[np.intp]:
+    """ultralytics' box rule: per prompt box, the detection with the highest mask-vs-box IoU.
+
+    Args:
+        inside_areas: ``(B, N)`` mask pixels of detection n inside box b.
+        mask_areas: ``(N,)`` mask pixels of detection n.
+        boxes: ``(B, 4)`` int32 prompt boxes from :func:`box_pixels`.
+
+    Returns:
+        ``(B,)`` the chosen detection per box (first one on ties, as ``torch.argmax``).
+    """
+    box_areas = (boxes[:, 3] - boxes[:, 1]).astype(np.int64) * (boxes[:, 2] - boxes[:, 0]).astype(np.int64)
+    union = box_areas[:, None] + mask_areas[None, :] - inside_areas
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inside_areas.astype(np.float32) / union.astype(np.float32)  # torch int/int -> float32
+    return np.argmax(iou, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Engine
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastSamImageEmbedding:
+    """What :meth:`FastSamEngine.set_image` computed for one image: the raw network outputs.
+
+    Attributes:
+        model: registry name of the model that made it.
+        original_size: ``(h, w)`` of the image.
+        input_size: ``(H, W)`` of the letterboxed network input.
+        detections: ``(1, 5 + M, A)`` float32 network output.
+        protos: ``(1, M, H / 4, W / 4)`` float32 network output.
+    """
+
+    model: str
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    detections: FloatArray
+    protos: FloatArray
+
+
+@dataclass
+class _ImageState:
+    embedding: FastSamImageEmbedding
+    masks: MaskAssembler
+    scores: FloatArray
+    boxes: FloatArray  # original pixels, after the FastSAM border rule (what results report)
+
+
+class FastSamEngine:
+    """FastSAM prompts on one image at a time, as ultralytics ``FastSAM(...).predict`` answers them.
+
+    Args:
+        folder: the model folder (``fastseg.manifest.ModelFolder``) of a ``fastsam`` model.
+        sessions: ``{"network": Session}``.
+        conf: detection confidence threshold (ultralytics' FastSAM default 0.4).
+        iou: NMS IoU threshold (default 0.9).
+    """
+
+    graph = "network"
+
+    def __init__(self, folder: Any, sessions: dict[str, Any], conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU):
+        if folder.spec.family != "fastsam":
+            raise ValueError(f"FastSamEngine needs a fastsam model folder, got family {folder.spec.family!r}")
+        if self.graph not in sessions:
+            raise ValueError(f"FastSamEngine needs a session for graph {self.graph!r}, got {sorted(sessions)}")
+        for name, value in (("conf", conf), ("iou", iou)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.folder = folder
+        self.spec = folder.spec
+        self.session = sessions[self.graph]
+        self.conf = float(conf)
+        self.iou = float(iou)
+        self._state: _ImageState | None = None
+
+    # -- image ----------------------------------------------------------------------------------
+
+    def set_image(self, image: npt.NDArray[np.uint8]) -> None:
+        """Run the network and NMS on an RGB uint8 ``(h, w, 3)`` image."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be an RGB uint8 array (H, W, 3), got {got}")
+        self._state = None
+        tensor, geo = preprocess(image, self.spec.input_size, self.spec.stride)
+        outputs = self.session.run({"images": tensor})
+        missing = {"detections", "protos"} - set(outputs)
+        if missing:
+            raise ValueError(f"network outputs must include 'detections' and 'protos', got {sorted(outputs)}")
+        embedding = FastSamImageEmbedding(
+            model=self.folder.name,
+            original_size=geo.image_size,
+            input_size=geo.input_size,
+            detections=np.asarray(outputs["detections"], dtype=np.float32),
+            protos=np.asarray(outputs["protos"], dtype=np.float32),
+        )
+        self._state = self._build_state(embedding)
+
+    def get_image_embedding(self) -> FastSamImageEmbedding:
+        return self._require_state().embedding
+
+    def set_image_embedding(self, embedding: FastSamImageEmbedding) -> None:
+        """Restore a state from :meth:`get_image_embedding` (same model); NMS runs again."""
+        if not isinstance(embedding, FastSamImageEmbedding):
+            raise ValueError(f"expected a FastSamImageEmbedding, got {type(embedding).__name__}")
+        if embedding.model != self.folder.name:
+            raise ValueError(f"embedding was made by {embedding.model!r}, this engine runs {self.folder.name!r}")
+        self._state = None
+        self._state = self._build_state(embedding)
+
+    def _build_state(self, embedding: FastSamImageEmbedding) -> _ImageState:
+        det, protos = embedding.detections, embedding.protos
+        in_h, in_w = embedding.input_size
+        if det.ndim != 3 or det.shape[0] != 1 or det.shape[1] < 6:
+            raise ValueError(f"detections must be (1, 5 + M, A), got {det.shape}")
+        m = det.shape[1] - 5
+        if protos.shape != (1, m, in_h // 4, in_w // 4):
+            raise ValueError(
+                f"protos must be (1, {m}, {in_h // 4}, {in_w // 4}) for a {in_h}x{in_w} input, got {protos.shape}"
+            )
+        found = non_max_suppression(det, self.conf, self.iou, MAX_DET)
+        image_size = embedding.original_size
+        boxes = scale_boxes(found.boxes, embedding.input_size, image_size)
+        masks = MaskAssembler(protos[0], found.coefficients, boxes, image_size)
+        return _ImageState(
+            embedding=embedding,
+            masks=masks,
+            scores=found.scores,
+            boxes=snap_boxes_to_image(boxes, image_size),
+        )
+
+    def _require_state(self) -> _ImageState:
+        if self._state is None:
+            raise RuntimeError("no image is set: call set_image(image) before predict")
+        return self._state
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        points: FloatArray | None = None,
+        labels: npt.NDArray[np.int64] | None = None,
+        boxes: FloatArray | None = None,
+        mask_input: FloatArray | None = None,
+        multimask: bool = True,
+        texts: Any = None,
+    ) -> SegmentationResult:
+        """The detections ultralytics' FastSAM selects for these prompts (validated by ``fastseg.prompts``).
+
+        Args:
+            points: ``(P, 2)`` float32 XY in original pixels, or None.
+            labels: ``(P,)`` 1 foreground / 0 background (None means all foreground).
+            boxes: ``(B, 4)`` float32 XYXY in original pixels, or None.
+            mask_input: not supported by FastSAM (raises ``ValueError``).
+            multimask: ignored (FastSAM returns the detections the prompts select).
+            texts: not supported (FastSAM's text prompts need CLIP; raises ``ValueError``).
+
+        Returns:
+            Masks ``(N, h, w)`` bool, scores = detection confidences, boxes after FastSAM's border
+            rule; in detection order (by confidence), each selected detection once, as ultralytics;
+            ``prompt_index`` is all zeros and ``low_res_logits`` is None.
+        """
+        if texts is not None:
+            raise ValueError("FastSAM text prompts are not supported (they need a CLIP model); pass points or boxes")
+        if mask_input is not None:
+            raise ValueError("FastSAM does not take mask_input (that is a SAM-family prompt); pass points or boxes")
+        if points is None and boxes is None:
+            raise ValueError("FastSAM predict needs points or boxes; got neither")
+        state = self._require_state()
+        chosen = self._select(state, points, labels, boxes)
+        return self._result(state, chosen)
+
+    def everything(self) -> SegmentationResult:
+        """Every detection with a non-empty mask (ultralytics' FastSAM without prompts), by confidence."""
+        state = self._require_state()
+        keep = np.flatnonzero(state.masks.nonempty())
+        return self._result(state, keep)
+
+    def _select(
+        self,
+        state: _ImageState,
+        points: FloatArray | None,
+        labels: npt.NDArray[np.int64] | None,
+        boxes: FloatArray | None,
+    ) -> npt.NDArray[np.intp]:
+        masks = state.masks
+        h, w = masks.image_size
+        n = len(masks)
+        if n == 0:
+            return np.zeros(0, dtype=np.intp)
+        chosen = np.zeros(n, dtype=bool)
+        if boxes is not None:
+            winners = self._select_boxes(masks, box_pixels(boxes, (h, w)))
+            if (winners < 0).any():  # no detection has a mask: ultralytics returns nothing
+                return np.zeros(0, dtype=np.intp)
+            chosen[winners] = True
+        if points is not None:
+            xy = point_pixels(points, (h, w))
+            lab = np.ones(len(xy), dtype=np.int32) if labels is None else np.asarray(labels).astype(np.int32)
+            if lab.shape != (len(xy),):
+                raise ValueError(f"got {len(xy)} points but labels of shape {lab.shape}")
+            if lab.sum() == 0:
+                # All negative: every non-empty detection without a negative point.
+                candidates = np.flatnonzero(masks.nonempty())
+            else:
+                # A detection containing a positive point has a pixel, so it is non-empty.
+                candidates = np.arange(n)
+            values = masks.values_at_points(candidates, xy)
+            chosen[candidates[select_by_points(values, lab)]] = True
+        return np.flatnonzero(chosen)
+
+    @staticmethod
+    def _select_boxes(masks: MaskAssembler, prompt_boxes: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
+        """Per prompt box, ultralytics' argmax detection (an index into all detections; -1 if none).
+
+        ultralytics takes, among the detections with a non-empty mask, the first one with the highest
+        ``inside / (box_area + mask_area - inside)``. A detection whose crop does not overlap the box
+        has ``inside = 0`` and so IoU 0 (its union is > 0 when its mask is non-empty), so areas are
+        computed only for overlapping detections; if none of them has IoU > 0, the answer is the first
+        non-empty detection, found by deciding emptiness in order until one is.
+        """
+        n = len(masks)
+        winners = np.full(len(prompt_boxes), -1, dtype=np.intp)
+        full_area: dict[int, int] = {}
+        for b, (x1, y1, x2, y2) in enumerate(prompt_boxes.tolist()):
+            if x2 < x1 or y2 < y1:
+                raise ValueError(f"boxes must be XYXY with x1 <= x2 and y1 <= y2, got {[x1, y1, x2, y2]}")
+            box_area = (y2 - y1) * (x2 - x1)
+            overlapping = np.flatnonzero(
+                (masks.col_start < x2) & (masks.col_stop > x1) & (masks.row_start < y2) & (masks.row_stop > y1)
+            ).tolist()
+            best, best_iou = -1, np.float32(0)
+            for i in overlapping:
+                if i not in full_area:
+                    full_area[i] = masks.area(i)
+                if full_area[i] == 0:
+                    continue
+                inside = masks.area(i, rows=(y1, y2), cols=(x1, x2))
+                iou = np.float32(inside) / np.float32(box_area + full_area[i] - inside)  # torch: float32
+                if iou > best_iou:  # strictly greater: the first maximum wins, as torch.argmax
+                    best, best_iou = i, iou
+            if best < 0:  # every non-empty detection has IoU 0: the first non-empty one
+                for i in range(n):
+                    if (full_area[i] > 0) if i in full_area else bool(masks.nonempty(np.array([i]))[0]):
+                        best = i
+                        break
+            winners[b] = best
+        return winners
+
+    def _result(self, state: _ImageState, chosen: npt.NDArray[np.intp]) -> SegmentationResult:
+        h, w = state.masks.image_size
+        chosen = np.asarray(chosen, dtype=np.intp)
+        masks = np.zeros((len(chosen), h, w), dtype=bool)
+        for k, i in enumerate(chosen.tolist()):
+            state.masks.full_mask(i, out=masks[k])
+        return SegmentationResult(
+            masks=masks,
+            scores=state.scores[chosen].astype(np.float32),
+            boxes=state.boxes[chosen].astype(np.float32),
+            low_res_logits=None,
+            prompt_index=np.zeros(len(chosen), dtype=np.int64),
+        )
