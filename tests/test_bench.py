@@ -1,0 +1,447 @@
+"""`fastseg bench`: statistics, ratios, rendering from a made-up result set, options and their errors,
+and one real quick run of MobileSAM whose outputs are checked for content."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastseg_bench import run as bench_run
+from fastseg_bench.machine import machine_line, parse_cpuinfo, parse_meminfo
+from fastseg_bench.report import (
+    PATH_LABELS,
+    compute_speedups,
+    fastseg_vs_ultralytics,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+    render_chart,
+    render_markdown,
+    to_json,
+)
+from fastseg_bench.stats import mask_agreement, speedup, summarize
+from fastseg_bench.worker import PATHS, TimedSession
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+@pytest.mark.parametrize(
+    ("samples", "median", "minimum"),
+    [
+        ([5.0], 5.0, 5.0),
+        ([3.0, 1.0, 2.0], 2.0, 1.0),
+        ([4.0, 1.0, 3.0, 2.0], 2.5, 1.0),
+        ([0.0, 10.0], 5.0, 0.0),
+    ],
+)
+def test_summarize(samples: list[float], median: float, minimum: float) -> None:
+    s = summarize(samples)
+    assert (s["n"], s["median"], s["min"], s["max"]) == (len(samples), median, minimum, max(samples))
+    assert s["samples"] == samples
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [([], "at least one sample, got none"), ([1.0, -2.0], "got [-2.0]"), ([math.nan], "finite numbers >= 0")],
+)
+def test_summarize_refuses(samples: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        summarize(samples)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "value", "expected"),
+    [(1000.0, 250.0, 4.0), (100.0, 200.0, 0.5), (0.0, 0.0, 1.0), (None, 5.0, None), (5.0, None, None)],
+)
+def test_speedup(baseline: float | None, value: float | None, expected: float | None) -> None:
+    assert speedup(baseline, value) == expected
+
+
+def test_speedup_refuses_impossible_figures() -> None:
+    with pytest.raises(ValueError, match="infinite"):
+        speedup(10.0, 0.0)
+    with pytest.raises(ValueError, match="figures >= 0, got baseline=-1.0"):
+        speedup(-1.0, 2.0)
+
+
+def test_mask_agreement() -> None:
+    a = np.zeros((3, 10, 20), dtype=bool)
+    a[:, 2:6, 3:9] = True
+    same = mask_agreement(a, a.copy())
+    assert same["pixels_pct"] == 100.0 and same["iou_pct"] == 100.0 and same["compared"] == "masks"
+    b = a.copy()
+    b[0, 0, 0] = True  # one pixel of 600 differs
+    one = mask_agreement(a, b)
+    assert one["pixels_pct"] == pytest.approx(100 * 599 / 600)
+    assert one["iou_pct"] == pytest.approx(100 * 24 / 25)
+    # FastSAM-like: different numbers of masks -> the unions are compared
+    union = mask_agreement(a[:1], np.concatenate([a, a[:1]]))
+    assert union["compared"] == "union" and union["count"] == (1, 4) and union["pixels_pct"] == 100.0
+    empty = mask_agreement(np.zeros((0, 10, 20), bool), np.zeros((10, 20), bool))
+    assert empty["pixels_pct"] == 100.0 and empty["iou_pct"] == 100.0
+    with pytest.raises(ValueError, match=r"different image sizes: \(10, 20\) and \(10, 21\)"):
+        mask_agreement(a, np.zeros((3, 10, 21), bool))
+
+
+# ------------------------------------------------------------------------------------- fake result set
+
+
+def _summary(median: float, minimum: float) -> dict[str, Any]:
+    return {"n": 3, "median": median, "min": minimum, "max": median * 1.1, "samples": [minimum, median, median * 1.1]}
+
+
+def _path(e2e: float, net: float, click: float, cold: float, rss: float, precision: str = "f32") -> dict[str, Any]:
+    return {
+        "status": "ok", "api": "x", "precision": precision, "info": {}, "load_s": 1.0,
+        "end_to_end_ms": _summary(e2e, e2e * 0.9), "network_ms": _summary(net, net * 0.9),
+        "click_ms": _summary(click, click * 0.9), "cold_start_s": _summary(cold, cold), "cold_start_runs": [],
+        "peak_rss_mib": rss, "mask": {"shape": [3, 1080, 1620], "pixels": 1000},
+    }
+
+
+def fake_results() -> dict[str, Any]:
+    sam = {
+        "status": "ok", "family": "sam", "weights": "random weights (seed 0)",
+        "checkpoint": {"path": "/c/mobile_sam.pt", "sha256": "ab" * 32}, "model_dir": "/m", "ultralytics_dir": None,
+        "paths": {
+            "pytorch": _path(1200.0, 780.0, 55.0, 6.0, 1200.0),
+            "fastseg-onnxruntime": _path(600.0, 500.0, 30.0, 2.0, 600.0),
+            "fastseg-openvino-f32": _path(400.0, 300.0, 20.0, 1.5, 500.0),
+            "fastseg-openvino-bf16": _path(300.0, 200.0, 12.0, 1.2, 400.0, "bf16"),
+        },
+        "bf16_vs_f32": {"pixels_pct": 99.5, "iou_pct": 99.0, "compared": "masks", "count": [3, 3]},
+    }
+    fastsam = {
+        "status": "ok", "family": "fastsam", "weights": "random weights (seed 0)",
+        "checkpoint": {"path": "/c/FastSAM-s.pt", "sha256": "cd" * 32}, "model_dir": "/m2", "ultralytics_dir": "/u",
+        "paths": {
+            "pytorch": _path(800.0, 500.0, 40.0, 5.0, 900.0),
+            "ultralytics-openvino": _path(260.0, 200.0, 35.0, 3.0, 800.0, "bf16")
+            | {"precision_note": "ultralytics' OpenVINO path ran at bf16 (read back)"},
+            "fastseg-onnxruntime": {"status": "failed", "error": "RuntimeError: boom in ORT"},
+            "fastseg-openvino-f32": _path(300.0, 250.0, 5.0, 1.0, 300.0),
+            "fastseg-openvino-bf16": _path(200.0, 150.0, 4.0, 0.9, 250.0, "bf16"),
+        },
+        "bf16_vs_f32": {"pixels_pct": 99.9, "iou_pct": 99.5, "compared": "union", "count": [2, 3]},
+    }
+    broken = {"status": "failed", "family": "sam", "error": "FileNotFoundError: no recipe", "paths": {}}
+    results = {
+        "schema": "fastseg-bench/1",
+        "config": {"warmup": 1, "repeats": 3, "click_repeats": 10, "cold_starts": 1, "quick": False},
+        "machine": {
+            "cpu_model": "Test CPU 9000", "logical_cores": 2, "physical_cores": 2, "usable_cores": 2,
+            "ram_bytes": 24 * 2**30, "flags": {"AVX-512": True, "AVX-512 BF16": True, "AVX-512 VNNI": True,
+                                                "AMX BF16": False},
+            "versions": {"openvino": "2026.4.1", "torch": "2.14.1"}, "date": "2026-01-01T00:00:00+00:00",
+            "load_average_at_start": [0.1, 0.2, 0.3],
+        },
+        "image": {"description": "skimage.data.coffee() resized with PIL bicubic to 1620x1080", "size": [1080, 1620]},
+        "prompt": {"point": [810.0, 540.0], "label": 1},
+        "models": {"mobile_sam": sam, "fastsam_s": fastsam, "sam_vit_b": broken},
+    }
+    for model in (sam, fastsam):
+        compute_speedups(model)
+    fastsam["fastseg_vs_ultralytics"] = fastseg_vs_ultralytics(fastsam)
+    sam["fastseg_vs_ultralytics"] = None
+    return results
+
+
+def test_compute_speedups() -> None:
+    results = fake_results()
+    bf16 = results["models"]["mobile_sam"]["paths"]["fastseg-openvino-bf16"]["speedup"]
+    assert bf16["end_to_end"] == pytest.approx(4.0)
+    assert bf16["end_to_end_min"] == pytest.approx(4.0)
+    assert bf16["network"] == pytest.approx(3.9)
+    assert bf16["click"] == pytest.approx(55 / 12)
+    assert bf16["cold_start"] == pytest.approx(5.0)
+    assert bf16["peak_rss"] == pytest.approx(3.0)
+    assert results["models"]["mobile_sam"]["paths"]["pytorch"]["speedup"]["end_to_end"] == 1.0
+    assert "speedup" not in results["models"]["fastsam_s"]["paths"]["fastseg-onnxruntime"]  # failed path
+
+
+def test_speedups_without_a_baseline_are_none() -> None:
+    model = copy.deepcopy(fake_results()["models"]["mobile_sam"])
+    model["paths"]["pytorch"] = {"status": "failed", "error": "x"}
+    compute_speedups(model)
+    assert set(model["paths"]["fastseg-openvino-bf16"]["speedup"].values()) == {None}
+
+
+def test_fastseg_vs_ultralytics_compares_the_same_precision() -> None:
+    versus = fake_results()["models"]["fastsam_s"]["fastseg_vs_ultralytics"]
+    assert versus["precision"] == "bf16" and versus["fastseg_path"] == "fastseg-openvino-bf16"
+    assert versus["speedup"] == pytest.approx(1.3)
+    model = fake_results()["models"]["fastsam_s"]
+    model["paths"]["ultralytics-openvino"]["precision"] = "f32"
+    assert fastseg_vs_ultralytics(model)["fastseg_path"] == "fastseg-openvino-f32"
+    model["paths"]["ultralytics-openvino"]["precision"] = "f16"  # no fastseg path at f16
+    assert fastseg_vs_ultralytics(model) is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "text"),
+    [(fmt_ms, 12345.6, "12,346"), (fmt_ms, 123.4, "123"), (fmt_ms, 45.67, "45.7"), (fmt_ms, 4.567, "4.57"),
+     (fmt_ms, None, "—"), (fmt_ratio, 3.456, "3.46×"), (fmt_ratio, 33.04, "33.0×"), (fmt_pct, 99.999, ">99.99%"),
+     (fmt_pct, 100.0, "100.00%"), (fmt_pct, 97.123, "97.12%")],
+)
+def test_formats(fmt: Any, value: float | None, text: str) -> None:
+    assert fmt(value) == text
+
+
+def test_markdown_table() -> None:
+    md = render_markdown(fake_results())
+    assert "Test CPU 9000, 2 logical cores (2 physical), 24.0 GiB RAM; AVX-512 yes, AVX-512 BF16 yes" in md
+    assert "openvino 2026.4.1, torch 2.14.1" in md
+    assert "Timings on random weights equal timings on real weights" in md
+    assert "skimage.data.coffee() resized with PIL bicubic to 1620x1080" in md
+    main_table = md.split("### bf16 vs f32")[0].splitlines()
+    rows = [line for line in main_table if line.startswith("| mobile_sam |")]
+    assert [r.split(" | ")[1] for r in rows] == [PATH_LABELS[p] for p in
+                                                  ("pytorch", "fastseg-onnxruntime", "fastseg-openvino-f32",
+                                                   "fastseg-openvino-bf16")]
+    bf16 = rows[-1].split(" | ")
+    # model, path, precision, e2e, x, network, x, click, x, cold, x, rss, x, masks
+    assert bf16[2:5] == ["bf16", "300 (270)", "4.00×"]
+    assert bf16[7:9] == ["12.0 (10.8)", "4.58×"]
+    assert bf16[11:13] == ["400", "3.00×"]
+    assert rows[0].split(" | ")[13].startswith("reference")
+    fast_rows = [line for line in main_table if line.startswith("| fastsam_s |")]
+    assert len(fast_rows) == 5 and "ultralytics OpenVINO export | bf16 | 260 (234) | 3.08×" in fast_rows[1]
+    assert "failed (see below)" in fast_rows[2]
+    assert "| sam_vit_b | (all) | | failed: FileNotFoundError: no recipe |" in md
+    assert "- fastsam_s / fastseg-onnxruntime: RuntimeError: boom in ORT" in md
+    assert "| mobile_sam | 99.50% | 99.00% | masks (3 vs 3) |" in md
+    assert "| fastsam_s | bf16 | 260 | 200 | 1.30× |" in md
+    assert "ultralytics' OpenVINO path ran at bf16 (read back)" in md
+    # every row of the main table has the header's number of cells
+    header = next(line for line in main_table if line.startswith("| model | path |"))
+    for line in main_table:
+        if line.startswith("| ") and not line.startswith("| model"):
+            assert line.count(" |") == header.count(" |"), line
+
+
+def test_json_round_trip_and_refuses_nan() -> None:
+    results = fake_results()
+    again = json.loads(to_json(results))
+    assert again["models"]["mobile_sam"]["paths"]["pytorch"]["end_to_end_ms"]["median"] == 1200.0
+    assert again["models"]["fastsam_s"]["fastseg_vs_ultralytics"]["speedup"] == pytest.approx(1.3)
+    results["models"]["mobile_sam"]["paths"]["pytorch"]["peak_rss_mib"] = math.nan
+    with pytest.raises(ValueError):
+        to_json(results)
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    path = render_chart(fake_results(), tmp_path / "bench.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 1000 and image.height >= 600
+        pixels = np.asarray(image.convert("RGB"))
+    # the bf16 bars' colour is drawn (the chart is not blank)
+    assert (np.abs(pixels.astype(int) - [8, 81, 156]).sum(axis=2) < 10).sum() > 500
+
+
+def test_machine_parsing() -> None:
+    cpu = parse_cpuinfo("processor : 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+                        "processor : 1\nmodel name\t: Some CPU\nflags : fpu\n")
+    assert cpu["model"] == "Some CPU"
+    assert cpu["flags"]["AVX-512"] and cpu["flags"]["AVX-512 BF16"] and not cpu["flags"]["AVX-512 VNNI"]
+    assert parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n") == 24576000 * 1024
+    assert parse_meminfo("nothing") is None
+    line = machine_line({"cpu_model": "X", "logical_cores": 4, "physical_cores": 2, "usable_cores": 3,
+                         "ram_bytes": 2**30, "flags": cpu["flags"]})
+    assert line.startswith("X, 4 logical cores (2 physical, 3 usable), 1.0 GiB RAM; AVX-512 yes")
+
+
+def test_timed_session_records_each_run() -> None:
+    class Inner:
+        input_names = ("image",)
+        output_names = ("out",)
+        precision = "f32"
+
+        def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+            time.sleep(0.01)
+            return {"out": feeds["image"] * 2}
+
+    times: dict[str, list[float]] = {}
+    session = TimedSession(Inner(), "encoder", times)
+    assert session.run({"image": np.ones(2)})["out"].tolist() == [2.0, 2.0]
+    session.run({"image": np.ones(2)})
+    assert len(times["encoder"]) == 2 and all(t >= 0.009 for t in times["encoder"])
+    assert session.input_names == ("image",) and session.precision == "f32"
+    assert session.inference_precision() is None  # not an OpenVINO session
+
+
+# -------------------------------------------------------------------------------------------- options
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path))
+    config = bench_run.parse_args([])
+    assert config.models == ["sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x"]
+    assert config.paths == list(PATHS)
+    assert (config.warmup, config.repeats, config.click_repeats, config.cold_starts) == bench_run.FULL_RUNS
+    assert config.cache == tmp_path / "bench" and config.out == Path("bench-results")
+    assert config.image is None and config.point is None
+    quick = bench_run.parse_args(["--quick", "--models", "mobile_sam,fastsam_s,mobile_sam", "--repeats", "4",
+                                  "--point", "10,20.5"])
+    assert quick.models == ["mobile_sam", "fastsam_s"]  # duplicates dropped, order kept
+    assert (quick.warmup, quick.repeats, quick.click_repeats, quick.cold_starts) == (
+        bench_run.QUICK_RUNS[0], 4, bench_run.QUICK_RUNS[2], bench_run.QUICK_RUNS[3])
+    assert quick.point == (10.0, 20.5)
+
+
+def test_checkpoint_and_model_dir_options(tmp_path: Path) -> None:
+    ckpt = tmp_path / "mobile_sam.pt"
+    ckpt.write_bytes(b"x")
+    config = bench_run.parse_args(["--models", "mobile_sam", "--checkpoint", f"mobile_sam={ckpt}",
+                                   "--model-dir", f"mobile_sam={tmp_path}"])
+    assert config.checkpoints == {"mobile_sam": ckpt} and config.model_dirs == {"mobile_sam": tmp_path}
+    assert config.to_dict()["checkpoints"] == {"mobile_sam": str(ckpt)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "mobile_sam,sam_vit_z"], "unknown models 'sam_vit_z'; expected some of: sam_vit_b"),
+        (["--models", ","], "expected a comma-separated list of models, got ','"),
+        (["--paths", "pytorch,tensorrt"], "unknown paths 'tensorrt'; expected some of: pytorch"),
+        (["--point", "1,2,3"], "expected X,Y (two numbers, image pixels), got '1,2,3'"),
+        (["--point", "nan,2"], "expected finite X,Y"),
+        (["--repeats", "0"], "expected an integer >= 1, got 0"),
+        (["--cold-starts", "two"], "expected an integer >= 0, got 'two'"),
+        (["--timeout", "-5"], "expected a number of seconds > 0"),
+        (["--checkpoint", "mobile_sam"], "expected NAME=PATH (e.g. mobile_sam=weights/mobile_sam.pt), got 'mobile_sam'"),
+        (["--checkpoint", "vit_q=/x.pt"], "unknown model 'vit_q' in 'vit_q=/x.pt'; expected one of"),
+        (["--models", "mobile_sam", "--checkpoint", "fastsam_s=/x.pt"],
+         "--checkpoint fastsam_s=... names a model that is not benchmarked (--models mobile_sam)"),
+        (["--models", "mobile_sam", "--checkpoint", "mobile_sam=/no/such.pt"],
+         "--checkpoint mobile_sam=/no/such.pt: expected a checkpoint file, no such file"),
+        (["--models", "mobile_sam", "--model-dir", "mobile_sam=/no/such"],
+         "--model-dir mobile_sam=/no/such: expected a folder written by `fastseg export`, no such folder"),
+        (["--image", "/no/such.jpg"], "--image /no/such.jpg: no such file"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_option_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: fastseg bench" in err and message in err
+
+
+def test_duplicate_assignment_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    assert bench_run.main(["--models", "mobile_sam", "--checkpoint", f"mobile_sam={a}",
+                           "--checkpoint", f"mobile_sam={b}"]) == 2
+    assert f"--checkpoint given twice for mobile_sam: {a} and {b}" in capsys.readouterr().err
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_run.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--models", "--quick", "--checkpoint NAME=PATH", "--model-dir NAME=DIR", "--image", "--point",
+                   "--out"):
+        assert option in out
+
+
+def test_fastseg_cli_passes_leading_options_to_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    from fastseg.cli import main
+
+    assert main(["bench", "--quick", "--models", "nope"]) == 2
+    assert "fastseg bench: error: argument --models: unknown models 'nope'" in capsys.readouterr().err
+
+
+def test_point_outside_the_image() -> None:
+    bench_run.check_point((0.0, 1079.0), (1080, 1620))
+    with pytest.raises(ValueError, match=r"--point 1620,5 lies outside the 1620x1080 image; expected 0 <= X < 1620"):
+        bench_run.check_point((1620.0, 5.0), (1080, 1620))
+
+
+def test_default_image_is_coffee_at_1080p() -> None:
+    image, description = bench_run.default_image()
+    assert image.shape == (1080, 1620, 3) and image.dtype == np.uint8
+    assert "skimage.data.coffee() (600x400" in description and "PIL bicubic to 1620x1080" in description
+
+
+def test_lock_refuses_a_second_benchmark(tmp_path: Path) -> None:
+    with bench_run.bench_lock(tmp_path):
+        script = (
+            "import sys; from pathlib import Path; from fastseg_bench.run import bench_lock\n"
+            "try:\n    bench_lock(Path(sys.argv[1])).__enter__()\n"
+            "except RuntimeError as e:\n    print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+        assert other.returncode == 3, other.stderr
+        assert f"another `fastseg bench` is running (lock {tmp_path / 'bench.lock'} held by pid {os.getpid()})" in (
+            other.stdout)
+    with bench_run.bench_lock(tmp_path):  # released: can be taken again
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint) -> None:
+    """A real `fastseg bench --quick --models mobile_sam`, on the session's exported random-weight model."""
+    out = tmp_path / "results"
+    env = dict(os.environ, FASTSEG_CACHE=str(tmp_path / "cache"))  # compiled-model and bench caches of its own
+    argv = [sys.executable, "-m", "fastseg.cli", "bench", "--quick", "--models", "mobile_sam",
+            "--checkpoint", f"mobile_sam={random_checkpoint('mobile_sam')}",
+            "--model-dir", f"mobile_sam={exported_model('mobile_sam')}", "--out", str(out)]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[bench] mobile_sam / pytorch: end-to-end 1/2:" in proc.stderr  # progress on stderr
+    print(f"quick mobile_sam bench: {elapsed:.0f} s")
+
+    md = (out / "bench.md").read_text()
+    assert proc.stdout.strip() == md.strip()  # the table is printed too
+    assert "random weights (seed 0)" in md and "Timings on random weights equal timings on real weights" in md
+    main_table = md.split("### bf16 vs f32")[0].splitlines()
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in main_table if line.startswith("| mobile_sam |")}
+    assert set(rows) == {PATH_LABELS[p] for p in PATHS if "sam" in PATHS[p]}
+    for cells in rows.values():
+        assert all(cell.strip() not in ("", "—") for cell in cells[3:13]), cells  # every figure present
+    assert rows["fastseg OpenVINO bf16"][2] == "bf16" and rows["fastseg OpenVINO f32"][2] == "f32"
+    assert "| mobile_sam | " in md.split("### bf16 vs f32 masks")[1]
+
+    results = json.loads((out / "bench.json").read_text())
+    assert results["schema"] == "fastseg-bench/1"
+    assert {"config", "machine", "image", "prompt", "models", "elapsed_s"} <= set(results)
+    assert results["image"]["size"] == [1080, 1620] and results["prompt"]["point"] == [810.0, 540.0]
+    model = results["models"]["mobile_sam"]
+    assert model["weights"] == "random weights (seed 0)" and model["model_dir"] == str(exported_model("mobile_sam"))
+    assert set(model["paths"]) == {"pytorch", "fastseg-onnxruntime", "fastseg-openvino-f32", "fastseg-openvino-bf16"}
+    for name, path in model["paths"].items():
+        assert path["status"] == "ok", (name, path)
+        assert path["end_to_end_ms"]["n"] == 2 and path["click_ms"]["n"] == 5 and path["cold_start_s"]["n"] == 1
+        assert path["network_ms"]["n"] == 2 and path["network_ms"]["median"] < path["end_to_end_ms"]["median"]
+        assert path["click_ms"]["median"] < path["end_to_end_ms"]["median"]
+        run = path["cold_start_runs"][0]
+        assert run["wall_s"] > run["load_s"] + run["first_mask_s"] > 0  # wall time counts the interpreter start
+        assert 50 < path["peak_rss_mib"] < 20000
+        assert path["mask"]["shape"] == [3, 1080, 1620]
+        assert set(path["speedup"]) == {"end_to_end", "end_to_end_min", "network", "click", "cold_start", "peak_rss"}
+        if name != "pytorch":
+            assert path["info"]["torch_imported"] is False  # fastseg paths never load torch
+            assert path["mask_vs_pytorch"]["pixels_pct"] > 90
+    assert model["paths"]["fastseg-openvino-bf16"]["info"]["precision_per_graph"] in (
+        {"encoder": "bf16", "decoder": "bf16"}, {"encoder": "f32", "decoder": "f32"})  # f32 on CPUs without bf16
+    assert 0 < model["bf16_vs_f32"]["pixels_pct"] <= 100
+    assert model["paths"]["pytorch"]["speedup"]["end_to_end"] == 1.0
+
+    with Image.open(out / "bench.png") as image:
+        assert image.format == "PNG" and image.width > 800 and image.height > 400
+        assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 20  # not a blank image
