@@ -60,6 +60,7 @@ class Predictor:
         }
         self._lock = threading.Lock()
         self._image_size: tuple[int, int] | None = None
+        self._pixels: Any = None  # the image set_image encoded (everything mode's crops need its pixels)
         self.timings: dict[str, float] = {}
         if self.folder.family == "sam":
             from fastseg.sam import SamEngine
@@ -87,9 +88,10 @@ class Predictor:
         array = load_image(image)
         with self._lock:
             start = time.perf_counter()
-            self._image_size = None
+            self._image_size = self._pixels = None
             self._engine.set_image(array)
             self._image_size = (int(array.shape[0]), int(array.shape[1]))
+            self._pixels = array
             self.timings["set_image"] = time.perf_counter() - start
 
     def _require_image(self) -> tuple[int, int]:
@@ -143,9 +145,57 @@ class Predictor:
     def set_image_embedding(self, embedding: Any) -> None:
         """Restore an image state taken with :meth:`get_image_embedding` (same model), without encoding."""
         with self._lock:
-            self._image_size = None
+            self._image_size = self._pixels = None
             self._engine.set_image_embedding(embedding)
             self._image_size = tuple(int(v) for v in embedding.original_size)  # type: ignore[assignment]
+
+    def everything(
+        self, image: ImageLike | None = None, *, progress: Any = False, **params: Any
+    ) -> list[dict[str, Any]]:
+        """Segment the whole image without prompts ("everything" / automatic mask generation).
+
+        SAM family: ``SamAutomaticMaskGenerator(...).generate(image)`` with the same parameters and
+        defaults (``points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88,
+        stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=0,
+        crop_nms_thresh=0.7, crop_overlap_ratio=512/1500, crop_n_points_downscale_factor=1,
+        point_grids=None, min_mask_region_area=0, output_mode="binary_mask"``); see
+        :class:`fastseg.everything.SamEverythingParams`. FastSAM: every detection with its mask
+        (ultralytics without prompts, at this Predictor's ``conf`` / ``iou``); only ``output_mode``.
+
+        Args:
+            image: segment this image (it becomes the image set, as :meth:`set_image`); None uses
+                the image already set (its encoding is reused).
+            progress: True prints progress to stderr; or a callable
+                ``(points_done, points_total, crops_done, crops_total, masks_kept)`` (SAM family).
+
+        Returns:
+            One record (dict) per mask, as the original generator's: ``segmentation`` (``(H, W)``
+            bool, or an RLE dict per ``output_mode``), ``area``, ``bbox`` (XYWH), and for the SAM
+            family ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``; for FastSAM
+            ``score``. :func:`fastseg.everything.overlay` and :func:`~fastseg.everything.write_json`
+            draw and save them.
+        """
+        from fastseg import everything as ev
+
+        options = ev.make_params(self.folder.family, params)  # bad parameters fail before any work
+        array = None if image is None else load_image(image)
+        with self._lock:
+            start = time.perf_counter()
+            if array is not None:
+                self._image_size = self._pixels = None
+                self._engine.set_image(array)
+                self._image_size = (int(array.shape[0]), int(array.shape[1]))
+                self._pixels = array
+                self.timings["set_image"] = time.perf_counter() - start
+                start = time.perf_counter()
+            self._require_image()
+            if isinstance(options, ev.SamEverythingParams):
+                callback = ev.StderrProgress() if progress is True else (progress or None)
+                records = ev.generate_sam(self._engine, options, self._pixels, callback)
+            else:
+                records = ev.generate_fastsam(self._engine, options)
+            self.timings["everything"] = time.perf_counter() - start
+        return records
 
     def _info(self) -> dict[str, Any]:
         return {

@@ -541,7 +541,9 @@ class SamEngine:
         coords = np.ascontiguousarray(point_coords, dtype=np.float32)
         labels = np.ascontiguousarray(point_labels, dtype=np.float32)
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
-            raise ValueError(f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}")
+            raise ValueError(
+                f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}"
+            )
         size = self.low_res_size
         out = self._decoder.run(
             {
