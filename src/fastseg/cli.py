@@ -63,6 +63,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from fastseg.predictor import Predictor
 
     image = load_image(args.image)
+    if args.everything:
+        return _segment_everything(args, image)
+    if args.json:
+        raise ValueError("--json writes everything-mode records: it needs --everything")
     points = np.array(args.point, dtype=np.float64) if args.point else None
     labels = None
     if args.label:
@@ -86,6 +90,61 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"mask: {save_png(union, args.mask)}")
     if args.overlay:
         print(f"overlay: {save_png(best.overlay(image), args.overlay)}")
+    return 0
+
+
+#: ``fastseg segment --everything`` options: (flag, type, help), passed on only when given.
+EVERYTHING_OPTIONS = (
+    ("points_per_side", int, "grid points per side (default 32)"),
+    ("points_per_batch", int, "prompt sets per decoder run (default 64)"),
+    ("pred_iou_thresh", float, "keep masks with predicted IoU above this (default 0.88)"),
+    ("stability_score_thresh", float, "keep masks with stability score at least this (default 0.95)"),
+    ("stability_score_offset", float, "logit offset of the stability score (default 1.0)"),
+    ("box_nms_thresh", float, "box NMS IoU within a crop; 1.0 turns NMS off (default 0.7)"),
+    ("crop_n_layers", int, "extra layers of image crops (default 0)"),
+    ("crop_nms_thresh", float, "box NMS IoU between crops (default 0.7)"),
+    ("crop_overlap_ratio", float, "crop overlap, fraction of the short side (default 512/1500)"),
+    ("crop_n_points_downscale_factor", int, "points per side shrink by this per crop layer (default 1)"),
+    ("min_mask_region_area", int, "remove islands and holes smaller than this, in pixels (default 0)"),
+)
+
+
+def _segment_everything(args: argparse.Namespace, image) -> int:
+    import numpy as np
+
+    from fastseg import everything as ev
+    from fastseg.draw import save_png
+    from fastseg.predictor import Predictor
+
+    if args.point or args.box or args.label:
+        raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
+    params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
+    predictor = Predictor(args.model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou)
+    ev.make_params(predictor.folder.family, params)  # parameter errors before the image is encoded
+    start = time.perf_counter()
+    records = predictor.everything(image, progress=args.progress, **params)
+    elapsed = time.perf_counter() - start
+    print(
+        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {args.precision}: "
+        f"everything: {len(records)} masks, {elapsed * 1000:.0f} ms"
+    )
+    if args.json:
+        info = {
+            "image": {"file": str(args.image), "height": int(image.shape[0]), "width": int(image.shape[1])},
+            "model": predictor.model_name,
+            "weights": predictor.folder.weights,
+            "backend": args.backend,
+            "precision": args.precision,
+            "parameters": params,
+        }
+        print(f"json: {ev.write_json(args.json, records, **info)}")
+    if args.mask:
+        union = np.zeros(image.shape[:2], dtype=bool)
+        for mask in ev.iter_masks(records):
+            union |= mask
+        print(f"mask: {save_png(union, args.mask)}")
+    if args.overlay:
+        print(f"overlay: {save_png(ev.overlay(image, records), args.overlay)}")
     return 0
 
 
@@ -128,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--precision", choices=("f32", "bf16"), default="f32")
     sg.add_argument("--conf", type=float, default=0.4, help="FastSAM confidence threshold")
     sg.add_argument("--iou", type=float, default=0.9, help="FastSAM NMS IoU threshold")
+    sg.add_argument("--everything", action="store_true",
+                    help="segment the whole image without prompts (SAM: automatic mask generation; "
+                    "FastSAM: all detections)")
+    sg.add_argument("--json", type=Path, help="--everything: write the masks as COCO RLE records to this JSON file")
+    sg.add_argument("--progress", action="store_true", help="--everything: show progress on stderr")
+    gen = sg.add_argument_group("--everything, SAM family (segment_anything's SamAutomaticMaskGenerator parameters)")
+    for name, kind, text in EVERYTHING_OPTIONS:
+        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
     sg.set_defaults(func=cmd_segment)
 
     # The benchmark parses its own options (fastseg_bench.run). With argparse's REMAINDER alone, leading
