@@ -848,37 +848,53 @@ class FastSamEngine:
         """Per prompt box, ultralytics' argmax detection (an index into all detections; -1 if none).
 
         ultralytics takes, among the detections with a non-empty mask, the first one with the highest
-        ``inside / (box_area + mask_area - inside)``. A detection whose crop does not overlap the box
-        has ``inside = 0`` and so IoU 0 (its union is > 0 when its mask is non-empty), so areas are
-        computed only for overlapping detections; if none of them has IoU > 0, the answer is the first
-        non-empty detection, found by deciding emptiness in order until one is.
+        ``inside / (box_area + mask_area - inside)`` (float32). A detection whose crop does not overlap
+        the box has ``inside = 0`` and so IoU 0 (its union is > 0 when its mask is non-empty), so
+        masks are evaluated only for detections overlapping some box, once for all boxes; if no
+        detection has IoU > 0 for a box, the answer is the first non-empty detection, found by
+        deciding emptiness in order until one is.
         """
         n = len(masks)
+        x1, y1, x2, y2 = (prompt_boxes[:, k].astype(np.int64) for k in range(4))
+        if (x2 < x1).any() or (y2 < y1).any():
+            raise ValueError(f"boxes must be XYXY with x1 <= x2 and y1 <= y2, got {prompt_boxes.tolist()}")
+        overlap = (
+            (masks.col_start[None] < x2[:, None])
+            & (masks.col_stop[None] > x1[:, None])
+            & (masks.row_start[None] < y2[:, None])
+            & (masks.row_stop[None] > y1[:, None])
+        )  # (B, N)
+        inside = np.zeros(overlap.shape, dtype=np.int64)
+        full = np.zeros(n, dtype=np.int64)
+        evaluated = overlap.any(axis=0)
+        for i in np.flatnonzero(evaluated).tolist():
+            crop = masks.box_mask(i)
+            r0, _, c0, _ = masks.region(i)
+            full[i] = int(crop.sum())
+            if full[i] == 0:
+                continue
+            for b in np.flatnonzero(overlap[:, i]).tolist():
+                rows = slice(max(int(y1[b]) - r0, 0), max(int(y2[b]) - r0, 0))
+                cols = slice(max(int(x1[b]) - c0, 0), max(int(x2[b]) - c0, 0))
+                inside[b, i] = int(crop[rows, cols].sum())
+        box_area = (y2 - y1) * (x2 - x1)
         winners = np.full(len(prompt_boxes), -1, dtype=np.intp)
-        full_area: dict[int, int] = {}
-        for b, (x1, y1, x2, y2) in enumerate(prompt_boxes.tolist()):
-            if x2 < x1 or y2 < y1:
-                raise ValueError(f"boxes must be XYXY with x1 <= x2 and y1 <= y2, got {[x1, y1, x2, y2]}")
-            box_area = (y2 - y1) * (x2 - x1)
-            overlapping = np.flatnonzero(
-                (masks.col_start < x2) & (masks.col_stop > x1) & (masks.row_start < y2) & (masks.row_stop > y1)
-            ).tolist()
-            best, best_iou = -1, np.float32(0)
-            for i in overlapping:
-                if i not in full_area:
-                    full_area[i] = masks.area(i)
-                if full_area[i] == 0:
+        first_nonempty = -1
+        for b in range(len(prompt_boxes)):
+            candidates = np.flatnonzero(overlap[b] & (full > 0))
+            if len(candidates):
+                union = box_area[b] + full[candidates] - inside[b, candidates]
+                iou = inside[b, candidates].astype(np.float32) / union.astype(np.float32)  # torch: float32
+                k = int(np.argmax(iou))  # first maximum, as torch.argmax
+                if iou[k] > 0:
+                    winners[b] = candidates[k]
                     continue
-                inside = masks.area(i, rows=(y1, y2), cols=(x1, x2))
-                iou = np.float32(inside) / np.float32(box_area + full_area[i] - inside)  # torch: float32
-                if iou > best_iou:  # strictly greater: the first maximum wins, as torch.argmax
-                    best, best_iou = i, iou
-            if best < 0:  # every non-empty detection has IoU 0: the first non-empty one
+            if first_nonempty < 0:  # every non-empty detection has IoU 0: the first non-empty one
                 for i in range(n):
-                    if (full_area[i] > 0) if i in full_area else bool(masks.nonempty(np.array([i]))[0]):
-                        best = i
+                    if (full[i] > 0) if evaluated[i] else bool(masks.nonempty(np.array([i]))[0]):
+                        first_nonempty = i
                         break
-            winners[b] = best
+            winners[b] = first_nonempty
         return winners
 
     def _result(self, state: _ImageState, chosen: npt.NDArray[np.intp]) -> SegmentationResult:
