@@ -181,6 +181,7 @@ class UltralyticsFastSamRunner:
             info["precision"] = _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
             info["precision_source"] = "OpenVINO CPU default (ultralytics sets no precision hint), read back"
             info["ov_execution_devices"] = list(compiled.get_property("EXECUTION_DEVICES"))
+            info["openvino_threads"] = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         else:
             info["precision"] = "f32"
         return info
@@ -211,6 +212,11 @@ class TimedSession:
         if compiled is None:
             return None
         return _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def threads(self) -> int | None:
+        """OpenVINO's inference thread count as compiled (None for ONNX Runtime)."""
+        compiled = getattr(self._inner, "_compiled", None)
+        return None if compiled is None else int(compiled.get_property("INFERENCE_NUM_THREADS"))
 
 
 def _ov_type_name(value: Any) -> str:
@@ -277,6 +283,7 @@ class FastsegRunner:
             "api": f"fastseg.Predictor(backend={self.backend!r}, precision={self.precision!r})",
             "precision": shown.pop() if len(shown) == 1 else (self.precision if not shown else str(compiled)),
             "precision_per_graph": compiled,
+            "openvino_threads_per_graph": {g: s.threads() for g, s in self._sessions.items()},
             "network": f"{self.network_graph} graph session.run inside set_image",
             "weights": self.predictor.folder.weights,
             "torch_imported": "torch" in sys.modules,
