@@ -699,7 +699,9 @@ def generate_sam(
         params: the generator's parameters.
         image: the RGB uint8 pixels of that image; needed only when ``params.crop_n_layers > 0``
             (each crop is encoded on its own).
-        progress: called as ``progress(points_done, points_total, crops_done, crops_total, masks_kept)``.
+        progress: called as ``progress(points_done, points_total, crops_done, crops_total, masks_kept)``
+            after each decoder batch and crop; the last call has all points and crops done and the
+            number of records returned.
 
     Returns:
         Records as the original's, in its order: ``segmentation`` (per ``params.output_mode``),
@@ -747,7 +749,7 @@ def generate_sam(
             data.extend(crop_data)
             done["crops"] += 1
             done["masks"] = len(data)
-            if progress is not None:
+            if progress is not None and done["crops"] < len(crop_boxes):
                 progress(done["points"], points_total, done["crops"], len(crop_boxes), done["masks"])
     finally:
         engine.set_image_embedding(full)
@@ -761,7 +763,10 @@ def generate_sam(
         data = _postprocess_small_regions(
             data, params.min_mask_region_area, max(params.box_nms_thresh, params.crop_nms_thresh), orig_size
         )
-    return _sam_records(data, params.output_mode, orig_size)
+    records = _sam_records(data, params.output_mode, orig_size)
+    if progress is not None:  # the last call: everything done, the final count
+        progress(points_total, points_total, len(crop_boxes), len(crop_boxes), len(records))
+    return records
 
 
 def _xywh(box: Sequence[int]) -> list[int]:
