@@ -377,13 +377,15 @@ def path_result(measured: dict[str, Any], colds: list[dict[str, Any]], cold_erro
 def model_agreements(model: dict[str, Any], masks: dict[str, Path]) -> None:
     """Fill ``bf16_vs_f32`` and each path's ``mask_vs_pytorch`` from the saved masks."""
     loaded = {p: np.load(f) for p, f in masks.items() if f.exists()}
+    per_mask = model["family"] == "sam"  # SAM's 3 masks are positional; FastSAM's sets are compared as unions
     if "fastseg-openvino-f32" in loaded and "fastseg-openvino-bf16" in loaded:
-        model["bf16_vs_f32"] = mask_agreement(loaded["fastseg-openvino-bf16"], loaded["fastseg-openvino-f32"])
+        model["bf16_vs_f32"] = mask_agreement(loaded["fastseg-openvino-bf16"], loaded["fastseg-openvino-f32"],
+                                              per_mask)
     else:
         model["bf16_vs_f32"] = None
     for path, result in model["paths"].items():
         if result.get("status") == "ok" and path != "pytorch" and "pytorch" in loaded and path in loaded:
-            result["mask_vs_pytorch"] = mask_agreement(loaded[path], loaded["pytorch"])
+            result["mask_vs_pytorch"] = mask_agreement(loaded[path], loaded["pytorch"], per_mask)
 
 
 def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,

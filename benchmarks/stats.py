@@ -62,12 +62,13 @@ def _union(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     raise ValueError(f"masks must have shape (H, W) or (N, H, W), got {masks.shape}")
 
 
-def mask_agreement(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> dict[str, Any]:
+def mask_agreement(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_], per_mask: bool = True) -> dict[str, Any]:
     """How alike two mask sets of the same image are.
 
-    Masks are ``(N, H, W)`` or ``(H, W)`` bool. If both have the same shape (e.g. SAM's three multimask
-    masks), pixels are compared mask by mask; otherwise (e.g. FastSAM returning a different number of
-    masks) the union of each set is compared.
+    Masks are ``(N, H, W)`` or ``(H, W)`` bool. With ``per_mask`` and both of the same shape (SAM's three
+    multimask masks, whose positions mean the same thing), pixels are compared mask by mask; otherwise
+    (FastSAM, whose paths may return a different number of masks, or the same number in another order)
+    the union of each set is compared.
 
     Returns:
         ``{"pixels_pct": % of compared pixels that are equal, "iou_pct": IoU of the two unions in %
@@ -81,7 +82,7 @@ def mask_agreement(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> dict[s
     ua, ub = _union(a), _union(b)
     if ua.shape != ub.shape:
         raise ValueError(f"masks of different image sizes: {ua.shape} and {ub.shape}")
-    if a.shape == b.shape:
+    if per_mask and a.shape == b.shape:
         compared = "masks"
         equal = float(np.count_nonzero(a == b)) / a.size if a.size else 1.0
     else:

@@ -88,6 +88,8 @@ def test_mask_agreement() -> None:
     # FastSAM-like: different numbers of masks -> the unions are compared
     union = mask_agreement(a[:1], np.concatenate([a, a[:1]]))
     assert union["compared"] == "union" and union["count"] == (1, 4) and union["pixels_pct"] == 100.0
+    same_count = mask_agreement(a, a[::-1].copy(), per_mask=False)  # FastSAM: order does not matter
+    assert same_count["compared"] == "union" and same_count["pixels_pct"] == 100.0
     empty = mask_agreement(np.zeros((0, 10, 20), bool), np.zeros((10, 20), bool))
     assert empty["pixels_pct"] == 100.0 and empty["iou_pct"] == 100.0
     with pytest.raises(ValueError, match=r"different image sizes: \(10, 20\) and \(10, 21\)"):
