@@ -320,10 +320,14 @@ class FastSamNetwork(nn.Module):
                 m.shape = None
             elif isinstance(m, C2f):
                 m.forward = m.forward_split
+        head = self.model.model[-1]
+        self.channels = int(head.nc + head.nm)
+        self.eval()  # a new Module starts in training mode; exporters restore the mode they found
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         detections, protos = self.model(images)
-        return detections, protos
+        # (1, 37, A) with the leading dimensions static in the graph's declared shape
+        return detections.reshape(1, 4 + self.channels, -1), protos
 
 
 def graphs(model: nn.Module, spec: ModelSpec) -> list[Graph]:

@@ -400,6 +400,26 @@ def _restrict(taps: _Taps, index: npt.NDArray[np.intp]) -> tuple[_Taps, npt.NDAr
     return _Taps(i0=inverse[:n], i1=inverse[n:], w0=taps.w0[index], w1=taps.w1[index]), sources
 
 
+def _restrict_range(taps: _Taps, start: int, stop: int) -> tuple[_Taps, int, int]:
+    """Taps of destinations ``[start, stop)``, re-pointed at the source span ``[lo, hi)`` they read.
+
+    Sources are monotone in the destination, so the span is contiguous (it may include sources no
+    destination reads, e.g. when shrinking; computing those is wasted but harmless).
+    """
+    i0, i1 = taps.i0[start:stop], taps.i1[start:stop]
+    lo, hi = int(i0[0]), int(i1[-1]) + 1
+    return _Taps(i0=i0 - lo, i1=i1 - lo, w0=taps.w0[start:stop], w1=taps.w1[start:stop]), lo, hi
+
+
+def _interpolate_2d(values: FloatArray, rows: _Taps, cols: _Taps) -> FloatArray:
+    """:func:`_interpolate` for one ``(R, C)`` array."""
+    across = values[:, cols.i0] * cols.w0
+    across += values[:, cols.i1] * cols.w1
+    out = across[rows.i0] * rows.w0[:, None]
+    out += across[rows.i1] * rows.w1[:, None]
+    return out
+
+
 class MaskAssembler:
     """ultralytics ``process_mask_native`` (retina masks), evaluated only where needed.
 
@@ -449,7 +469,12 @@ class MaskAssembler:
         rows = _torch_bilinear_taps(bottom - top, h)
         cols = _torch_bilinear_taps(right - left, w)
         self._rows = _Taps(rows.i0 + top, rows.i1 + top, rows.w0, rows.w1)
+        # For each output row / column, the prototype row / column it mostly reads (emptiness probes).
+        out_rows = np.arange(h) if self._identity else self._rows.i0
+        self._low_row_of = out_rows if self._up_rows is None else self._up_rows.i0[out_rows]
         self._cols = _Taps(cols.i0 + left, cols.i1 + left, cols.w0, cols.w1)
+        out_cols = np.arange(w) if self._identity else self._cols.i0
+        self._low_col_of = out_cols if self._up_cols is None else self._up_cols.i0[out_cols]
         # crop_mask: pixel columns c with x1 <= c < x2 (and rows likewise), compared in float32.
         grid_x = np.arange(w, dtype=np.float32)
         grid_y = np.arange(h, dtype=np.float32)
@@ -477,6 +502,26 @@ class MaskAssembler:
         col_taps, grid_cols = _restrict(self._cols, cols)
         grid = self._grid_values(detections, grid_rows, grid_cols)
         return _interpolate(grid, row_taps, col_taps)
+
+    def crop_logits(self, i: int, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
+        """Logits of detection ``i`` over output rows x cols ``[start, stop)`` (non-empty ranges).
+
+        The same arithmetic as :meth:`logits_at`, on contiguous blocks (slices instead of gathers).
+        """
+        if self._identity:
+            return self._grid_block(i, rows, cols)
+        row_taps, r_lo, r_hi = _restrict_range(self._rows, *rows)
+        col_taps, c_lo, c_hi = _restrict_range(self._cols, *cols)
+        return _interpolate_2d(self._grid_block(i, (r_lo, r_hi), (c_lo, c_hi)), row_taps, col_taps)
+
+    def _grid_block(self, i: int, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
+        """The ``f``-times upsampled logits grid of detection ``i`` over rows x cols ``[start, stop)``."""
+        if self.factor == 1:
+            return self._logits[i, rows[0] : rows[1], cols[0] : cols[1]]
+        assert self._up_rows is not None and self._up_cols is not None
+        row_taps, r_lo, r_hi = _restrict_range(self._up_rows, *rows)
+        col_taps, c_lo, c_hi = _restrict_range(self._up_cols, *cols)
+        return _interpolate_2d(self._logits[i, r_lo:r_hi, c_lo:c_hi], row_taps, col_taps)
 
     def _grid_values(
         self, detections: npt.NDArray[np.intp], rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp]
@@ -514,7 +559,7 @@ class MaskAssembler:
         r0, r1, c0, c1 = self.region(i)
         if r1 <= r0 or c1 <= c0:
             return np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=bool)
-        return self.logits_at(np.array([i]), np.arange(r0, r1), np.arange(c0, c1))[0] > 0
+        return self.crop_logits(i, (r0, r1), (c0, c1)) > 0
 
     def full_mask(self, i: int, out: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.bool_]:
         """Detection ``i``'s binary mask at the original resolution ``(h, w)``."""
@@ -547,10 +592,10 @@ class MaskAssembler:
     def nonempty(self, detections: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.bool_]:
         """Whether each detection's cropped mask has at least one pixel (cached per detection).
 
-        Decided exactly and cheaply in three steps: an empty crop, or prototype-grid logits that are
-        all ``<= 0`` over the crop's footprint, mean empty (bilinear weights are non-negative); a probe
-        on a coarse pixel grid that finds a positive pixel means non-empty; only the rest are
-        evaluated over their whole crop.
+        Decided exactly, cheaply where possible: an empty crop, or prototype-grid logits all ``<= 0``
+        over the crop's footprint, mean empty (bilinear weights are non-negative); a positive pixel
+        in a small window around where the footprint's largest logit lands means non-empty; only the
+        rest are evaluated over their whole crop.
         """
         idx = np.arange(len(self)) if detections is None else np.asarray(detections, dtype=np.intp)
         for i in idx[self._nonempty[idx] < 0]:
@@ -562,14 +607,15 @@ class MaskAssembler:
         if r1 <= r0 or c1 <= c0:
             return False
         low_rows, low_cols = self._low_res_span((r0, r1), (c0, c1))
-        if not (self._logits[i, low_rows, low_cols] > 0).any():
+        footprint = self._logits[i, low_rows, low_cols]
+        if not (footprint > 0).any():
             return False
-        # Probe about two pixels per prototype cell along each axis.
-        mh, mw = self._logits.shape[1:]
-        step_r = max(1, self.image_size[0] // (2 * mh))
-        step_c = max(1, self.image_size[1] // (2 * mw))
-        probe = self.logits_at(np.array([i]), np.arange(r0, r1, step_r), np.arange(c0, c1, step_c))
-        if (probe > 0).any():
+        a, b = np.unravel_index(int(np.argmax(footprint)), footprint.shape)
+        y = r0 + int(np.searchsorted(self._low_row_of[r0:r1], low_rows.start + a))
+        x = c0 + int(np.searchsorted(self._low_col_of[c0:c1], low_cols.start + b))
+        rows = np.arange(max(r0, y - 2), min(r1, y + 3))
+        cols = np.arange(max(c0, x - 2), min(c1, x + 3))
+        if len(rows) and len(cols) and (self.logits_at(np.array([i]), rows, cols) > 0).any():
             return True
         return bool(self.box_mask(i).any())
 
@@ -584,7 +630,7 @@ class MaskAssembler:
             c0, c1 = max(c0, cols[0]), min(c1, cols[1])
         if r1 <= r0 or c1 <= c0:
             return 0
-        return int((self.logits_at(np.array([i]), np.arange(r0, r1), np.arange(c0, c1))[0] > 0).sum())
+        return int(np.count_nonzero(self.crop_logits(i, (r0, r1), (c0, c1)) > 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -870,13 +916,13 @@ class FastSamEngine:
         for i in np.flatnonzero(evaluated).tolist():
             crop = masks.box_mask(i)
             r0, _, c0, _ = masks.region(i)
-            full[i] = int(crop.sum())
+            full[i] = int(np.count_nonzero(crop))
             if full[i] == 0:
                 continue
             for b in np.flatnonzero(overlap[:, i]).tolist():
                 rows = slice(max(int(y1[b]) - r0, 0), max(int(y2[b]) - r0, 0))
                 cols = slice(max(int(x1[b]) - c0, 0), max(int(x2[b]) - c0, 0))
-                inside[b, i] = int(crop[rows, cols].sum())
+                inside[b, i] = int(np.count_nonzero(crop[rows, cols]))
         box_area = (y2 - y1) * (x2 - x1)
         winners = np.full(len(prompt_boxes), -1, dtype=np.intp)
         first_nonempty = -1
