@@ -115,14 +115,20 @@ def test_existing_and_unwritable_destination(tmp_path: Path, random_checkpoint) 
         locked.chmod(0o700)
 
 
-def test_failed_export_leaves_nothing(tmp_path: Path, random_checkpoint, monkeypatch) -> None:
-    """A failure after files were written (here: the self-check) removes the partial folder."""
+def _fail_mid_export(monkeypatch) -> None:
+    """Make the ONNX export write half a file and then fail, as a crash or a full disk would."""
     import fastseg_export.export as ex
 
-    def failing_check(*args, **kwargs):
-        raise ExportError("self-check against PyTorch failed: injected")
+    def failing_export(graph, path):
+        path.write_bytes(b"half an onnx file")
+        raise ExportError("ONNX export failed: injected")
 
-    monkeypatch.setattr(ex, "self_check", failing_check)
+    monkeypatch.setattr(ex, "_export_onnx", failing_export)
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, random_checkpoint, monkeypatch) -> None:
+    """A failure after files were written removes the partial folder."""
+    _fail_mid_export(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="injected"):
         export_model("mobile_sam", random_checkpoint("mobile_sam"), out)
@@ -132,17 +138,11 @@ def test_failed_export_leaves_nothing(tmp_path: Path, random_checkpoint, monkeyp
 
 def test_overwrite_replaces_atomically(tmp_path: Path, exported_model, random_checkpoint, monkeypatch) -> None:
     """--overwrite swaps in the new folder; if the new export fails, the old folder is untouched."""
-    import fastseg_export.export as ex
-
     out = tmp_path / "model"
     shutil.copytree(exported_model("mobile_sam"), out)
     before = sorted(p.name for p in out.iterdir())
-
-    def failing_check(*args, **kwargs):
-        raise ExportError("self-check against PyTorch failed: injected")
-
-    monkeypatch.setattr(ex, "self_check", failing_check)
-    with pytest.raises(ExportError):
+    _fail_mid_export(monkeypatch)
+    with pytest.raises(ExportError, match="injected"):
         export_model("mobile_sam", random_checkpoint("mobile_sam"), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
     _no_partial_left(tmp_path)
