@@ -15,7 +15,7 @@ Two graphs, the same for every variant:
 
 The runtime (:mod:`fastseg.sam`) builds the point array the way ``segment_anything`` does (points,
 then a padding point only when there is no box, then the two corners of the box), so the graph
-takes points and nothing else. Mask upscaling stays in numpy; see :func:`fastseg.sam.upscale_masks`
+takes points and nothing else. Mask upscaling stays in numpy; see :class:`fastseg.sam.UpscalePlan`
 for the measurements behind that choice.
 """
 
@@ -140,7 +140,11 @@ class SamDecoder(nn.Module):
     The points are embedded as ``PromptEncoder._embed_points`` / ``_embed_boxes`` do: shift by
     +0.5 to the pixel centre, random-Fourier positional encoding, then ``not_a_point_embed`` instead
     of it for label -1 and ``point_embeddings[i]`` added for label i (0, 1 points; 2, 3 box corners).
-    Selections use ``torch.where``, so each embedding is bit-for-bit the sum the original computes.
+    Selections use ``torch.where``, so each embedding is the very sum the original computes (up to
+    float32 rounding of the Fourier features, which depends on the matmul's shape).
+
+    The image side is computed once for all B prompt sets (see :meth:`predict_masks`) and
+    ``mask_input`` may have batch 1 (shared by every set) or B, as ``PromptEncoder`` allows.
     """
 
     def __init__(self, model: nn.Module) -> None:

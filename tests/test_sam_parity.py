@@ -181,9 +181,7 @@ def test_mask_input_fed_back(cache: _Cache, name: str, backend: str, photo: str)
 
 @pytest.mark.parametrize("with_point", [False, True], ids=["boxes", "boxes + shared point"])
 @pytest.mark.parametrize(("name", "backend", "photo"), COMBOS)
-def test_several_boxes_in_one_batch(
-    cache: _Cache, name: str, backend: str, photo: str, with_point: bool
-) -> None:
+def test_several_boxes_in_one_batch(cache: _Cache, name: str, backend: str, photo: str, with_point: bool) -> None:
     """Several boxes = one decoder batch, as ``SamPredictor.predict_torch`` with a batch of boxes."""
     from segment_anything.utils.amg import batched_mask_to_box
 
@@ -194,9 +192,7 @@ def test_several_boxes_in_one_batch(
         [[0.1 * w, 0.1 * h, 0.6 * w, 0.7 * h], [0.4 * w, 0.3 * h, 0.95 * w, 0.9 * h], [0, 0, w, h]], np.float32
     )
     point = np.array([[0.5 * w, 0.5 * h]], np.float32)
-    result = predictor.predict(
-        points=point if with_point else None, labels=[1] if with_point else None, boxes=boxes
-    )
+    result = predictor.predict(points=point if with_point else None, labels=[1] if with_point else None, boxes=boxes)
 
     torch_boxes = ref.transform.apply_boxes_torch(torch.from_numpy(boxes), (h, w))
     coords = labels = None
@@ -323,6 +319,7 @@ def test_checkpoint_with_a_wrong_shape_is_refused(tmp_path: Path, random_checkpo
     torch.save(state, bad)
     with pytest.raises(
         CheckpointError,
-        match=r"not a mobile_sam .* 1 shape mismatches \(e\.g\. mask_decoder\.iou_token\.weight: expected \(1, 256\), got \(1, 128\)\)",
+        match=r"not a mobile_sam .* 1 shape mismatches "
+        r"\(e\.g\. mask_decoder\.iou_token\.weight: expected \(1, 256\), got \(1, 128\)\)",
     ):
         load_model(get_spec("mobile_sam"), bad)

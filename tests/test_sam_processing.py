@@ -98,7 +98,9 @@ def test_coords_and_boxes(size: tuple[int, int]) -> None:
     boxes = np.sort((rng.random((5, 2, 2)) * [w, h]).astype(np.float32), axis=1).reshape(5, 4)
     transform = ResizeLongestSide(1024)
     # The original hands float64 results to torch as float32.
-    assert np.array_equal(rt.transform_coords(points, size, 1024), transform.apply_coords(points, size).astype(np.float32))
+    assert np.array_equal(
+        rt.transform_coords(points, size, 1024), transform.apply_coords(points, size).astype(np.float32)
+    )
     assert np.array_equal(rt.transform_boxes(boxes, size, 1024), transform.apply_boxes(boxes, size).astype(np.float32))
 
 
@@ -111,9 +113,17 @@ PROMPTS = {
     "one point": (np.array([[120.0, 80.0]]), np.array([1]), None),
     "points": (np.array([[120.0, 80.0], [10.0, 290.0], [400.0, 5.0]]), np.array([1, 0, 1]), None),
     "box": (None, None, np.array([[20.0, 30.0, 300.0, 250.0]])),
-    "box + points": (np.array([[120.0, 80.0], [10.0, 290.0]]), np.array([1, 0]), np.array([[20.0, 30.0, 300.0, 250.0]])),
+    "box + points": (
+        np.array([[120.0, 80.0], [10.0, 290.0]]),
+        np.array([1, 0]),
+        np.array([[20.0, 30.0, 300.0, 250.0]]),
+    ),
     "boxes": (None, None, np.array([[20.0, 30.0, 300.0, 250.0], [0.0, 0.0, 451.0, 300.0], [5.0, 5.0, 6.0, 6.0]])),
-    "boxes + point": (np.array([[120.0, 80.0]]), np.array([0]), np.array([[20.0, 30.0, 300.0, 250.0], [1.0, 2.0, 3.0, 4.0]])),
+    "boxes + point": (
+        np.array([[120.0, 80.0]]),
+        np.array([0]),
+        np.array([[20.0, 30.0, 300.0, 250.0], [1.0, 2.0, 3.0, 4.0]]),
+    ),
 }
 
 
@@ -126,8 +136,11 @@ def test_prompt_layout_gives_the_original_sparse_embeddings(case: str) -> None:
     size = (300, 451)
     encoder = _prompt_encoder()
     coords, point_labels = rt.build_prompt_arrays(
-        None if points is None else points.astype(np.float32), labels, None if boxes is None else boxes.astype(np.float32),
-        size, 1024,
+        None if points is None else points.astype(np.float32),
+        labels,
+        None if boxes is None else boxes.astype(np.float32),
+        size,
+        1024,
     )
     n_sets = 1 if boxes is None else len(boxes)
     n_points = 0 if points is None else len(points)
@@ -175,7 +188,9 @@ def test_prompt_arrays_need_a_prompt() -> None:
         rt.build_prompt_arrays(np.zeros((1, 2), np.float32), None, None, (10, 10), 1024)
 
 
-@pytest.mark.parametrize(("n_in", "n_out"), [(256, 1024), (576, 1080), (1024, 300), (7, 3), (3, 7), (1, 5), (5, 1), (4, 4)])
+@pytest.mark.parametrize(
+    ("n_in", "n_out"), [(256, 1024), (576, 1080), (1024, 300), (7, 3), (3, 7), (1, 5), (5, 1), (4, 4)]
+)
 def test_interpolation_matrix_is_torch_bilinear(n_in: int, n_out: int) -> None:
     eye = torch.eye(n_in, dtype=torch.float64).reshape(1, 1, n_in, n_in)  # column j = unit impulse at j
     expected = F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -251,7 +266,9 @@ class _Session:
 
 def _engine(decoder_fn=None, name: str = "mobile_sam") -> rt.SamEngine:
     spec = get_spec(name)
-    folder = SimpleNamespace(spec=spec, name=name, manifest={"extra": {"embedding_shape": [256, 64, 64], "low_res_size": 256}})
+    folder = SimpleNamespace(
+        spec=spec, name=name, manifest={"extra": {"embedding_shape": [256, 64, 64], "low_res_size": 256}}
+    )
 
     def encode(feeds):
         return {"image_embeddings": np.full((1, 256, 64, 64), feeds["image"].mean(), np.float32)}
@@ -308,8 +325,12 @@ def test_engine_embedding_round_trip_and_refusals() -> None:
     with pytest.raises(ValueError, match="made by 'mobile_sam'; this predictor runs 'sam_vit_b'"):
         _engine(name="sam_vit_b").set_image_embedding(emb)
     with pytest.raises(ValueError, match=r"must be float32 \(1, 256, 64, 64\), got float64"):
-        other.set_image_embedding(rt.ImageEmbedding(emb.embedding.astype(np.float64), (120, 80), (1024, 683), "mobile_sam"))
-    with pytest.raises(ValueError, match=r"input_size \(1024, 1024\), but an image of 120x80 is resized to \(1024, 683\)"):
+        other.set_image_embedding(
+            rt.ImageEmbedding(emb.embedding.astype(np.float64), (120, 80), (1024, 683), "mobile_sam")
+        )
+    with pytest.raises(
+        ValueError, match=r"input_size \(1024, 1024\), but an image of 120x80 is resized to \(1024, 683\)"
+    ):
         other.set_image_embedding(rt.ImageEmbedding(emb.embedding, (120, 80), (1024, 1024), "mobile_sam"))
     with pytest.raises(ValueError, match="expected a fastseg.sam.ImageEmbedding, got ndarray"):
         other.set_image_embedding(emb.embedding)
@@ -322,20 +343,31 @@ def test_engine_refuses_wrong_sessions_and_outputs() -> None:
     with pytest.raises(ValueError, match=r"missing \['decoder'\]"):
         rt.SamEngine(folder, {"encoder": enc})
     bad = _Session(("image_embeddings", "point_coords"), rt.DECODER_OUTPUTS, lambda f: {})
-    with pytest.raises(ValueError, match=r"decoder inputs must include .* missing \['point_labels', 'mask_input', 'has_mask_input'\]"):
+    with pytest.raises(
+        ValueError, match=r"decoder inputs must include .* missing \['point_labels', 'mask_input', 'has_mask_input'\]"
+    ):
         rt.SamEngine(folder, {"encoder": enc, "decoder": bad})
     fastsam = SimpleNamespace(spec=get_spec("fastsam_s"), name="fastsam_s", manifest={})
     with pytest.raises(ValueError, match="needs a SAM-family model, got 'fastsam_s'"):
         rt.SamEngine(fastsam, {"encoder": enc, "decoder": bad})
 
     def two_masks(feeds):
-        return {"low_res_masks": np.zeros((1, 2, 256, 256), np.float32), "iou_predictions": np.zeros((1, 2), np.float32)}
+        return {
+            "low_res_masks": np.zeros((1, 2, 256, 256), np.float32),
+            "iou_predictions": np.zeros((1, 2), np.float32),
+        }
 
     engine = _engine(decoder_fn=two_masks)
     engine.set_image(_image(30, 40))
-    with pytest.raises(RuntimeError, match=r"decoder returned low_res_masks \(1, 2, 256, 256\) .* expected \(1, 4, 256, 256\)"):
+    with pytest.raises(
+        RuntimeError, match=r"decoder returned low_res_masks \(1, 2, 256, 256\) .* expected \(1, 4, 256, 256\)"
+    ):
         engine.predict(np.array([[5.0, 5.0]], np.float32), np.array([1]), None, None, True)
     engine = _engine()
     engine.set_image(_image(30, 40))
-    with pytest.raises(ValueError, match=r"mask_input must be \(1 or 2, 256, 256\) for 2 prompt set\(s\), got \(3, 256, 256\)"):
-        engine.predict(None, None, np.array([[0, 0, 5, 5], [1, 1, 4, 4]], np.float32), np.zeros((3, 256, 256), np.float32), True)
+    with pytest.raises(
+        ValueError, match=r"mask_input must be \(1 or 2, 256, 256\) for 2 prompt set\(s\), got \(3, 256, 256\)"
+    ):
+        engine.predict(
+            None, None, np.array([[0, 0, 5, 5], [1, 1, 4, 4]], np.float32), np.zeros((3, 256, 256), np.float32), True
+        )
