@@ -147,6 +147,25 @@ def test_rle_boxes_match_amg(shape: tuple[int, int], density: float) -> None:
     np.testing.assert_array_equal(ev.masks_to_boxes(masks), amg.batched_mask_to_box(torch.from_numpy(masks)).numpy())
 
 
+def test_crop_masks_to_rle_is_uncrop_then_encode() -> None:
+    """The fused encoder (column-major crop masks -> image-frame RLE + crop-frame boxes) equals
+    ``amg.uncrop_masks`` + ``mask_to_rle_pytorch`` + ``batched_mask_to_box``."""
+    amg = _amg()
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+        if trial % 3 == 0:
+            y0, y1 = 0, h  # full-height crops: runs may continue from one column into the next
+        masks = rng.random((3, y1 - y0, x1 - x0)) < rng.choice([0.0, 0.1, 0.5, 0.95, 1.0])
+        crop = [x0, y0, x1, y1]
+        rles, boxes = ev.crop_masks_to_rle(np.ascontiguousarray(masks.transpose(0, 2, 1)), crop, (h, w))
+        uncropped = amg.uncrop_masks(torch.from_numpy(masks), crop, h, w)
+        assert [r.tolist() for r in rles] == [r["counts"] for r in amg.mask_to_rle_pytorch(uncropped)]
+        np.testing.assert_array_equal(boxes, amg.batched_mask_to_box(torch.from_numpy(masks)).numpy())
+
+
 def test_rle_to_mask_rejects_wrong_size() -> None:
     with pytest.raises(ValueError, match="RLE counts sum to 6, expected 12 for a 3x4 mask"):
         ev.rle_to_mask([2, 4], (3, 4))
