@@ -166,6 +166,20 @@ def test_crop_masks_to_rle_is_uncrop_then_encode() -> None:
         np.testing.assert_array_equal(boxes, amg.batched_mask_to_box(torch.from_numpy(masks)).numpy())
 
 
+@pytest.mark.parametrize(("density", "packed"), [(0.0, False), (0.002, False), (0.5, True), (1.0, False)])
+def test_stored_mask_is_compact_and_lossless(density: float, packed: bool) -> None:
+    """Kept masks are stored as uint32 RLE, or bit-packed when that is smaller (speckled masks)."""
+    rng = np.random.default_rng(5)
+    mask = rng.random((1, 120, 90)) < density
+    counts = ev.masks_to_rle(mask)[0]
+    stored = ev.StoredMask.from_counts(counts, (120, 90))
+    assert (stored.bits is not None) == packed
+    assert (stored.bits if packed else stored.counts).nbytes <= 120 * 90 // 8
+    np.testing.assert_array_equal(stored.mask(), mask[0])
+    assert stored.rle().tolist() == counts.tolist() and stored.area == int(mask.sum())
+    assert ev.coco_encode_mask(stored.mask()) == _amg().coco_encode_rle({"size": [120, 90], "counts": counts.tolist()})
+
+
 def test_rle_to_mask_rejects_wrong_size() -> None:
     with pytest.raises(ValueError, match="RLE counts sum to 6, expected 12 for a 3x4 mask"):
         ev.rle_to_mask([2, 4], (3, 4))

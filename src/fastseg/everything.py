@@ -377,11 +377,58 @@ def _coco_mask_api() -> Any:
 
 def coco_encode_rle(counts: npt.NDArray[np.integer[Any]], size: tuple[int, int]) -> dict[str, Any]:
     """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an uncompressed RLE, via pycocotools
-    (``amg.coco_encode_rle``)."""
-    h, w = size
-    rle = _coco_mask_api().frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
+    (the result of ``amg.coco_encode_rle``)."""
+    return coco_encode_mask(rle_to_mask(counts, size))
+
+
+def coco_encode_mask(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    """COCO compressed RLE of an ``(H, W)`` bool mask, via pycocotools' C encoder (no Python lists)."""
+    h, w = mask.shape
+    rle = _coco_mask_api().encode(np.asfortranarray(mask.astype(np.uint8)).reshape((h, w, 1), order="F"))[0]
     rle["counts"] = rle["counts"].decode("utf-8")
-    return rle
+    return {"size": [int(h), int(w)], "counts": rle["counts"]}
+
+
+@dataclass(frozen=True, eq=False)
+class StoredMask:
+    """One kept mask, compact: its uncompressed RLE counts as uint32, or, when those would take more
+    bytes than the mask's bits (speckled masks have more runs than a bit-packed mask has bytes), the
+    column-major bits (``np.packbits``). Memory per mask is at most ``H * W / 8`` bytes either way.
+    """
+
+    size: tuple[int, int]
+    area: int
+    counts: npt.NDArray[np.uint32] | None = None
+    bits: npt.NDArray[np.uint8] | None = None
+
+    @classmethod
+    def from_counts(cls, counts: npt.NDArray[np.integer[Any]], size: tuple[int, int]) -> StoredMask:
+        counts = np.asarray(counts)
+        h, w = size
+        area = int(counts[1::2].sum(dtype=np.int64))
+        if counts.size * 4 <= (h * w + 7) // 8:
+            return cls((h, w), area, counts=counts.astype(np.uint32))
+        flat = np.repeat((np.arange(len(counts)) % 2).astype(bool), counts)
+        return cls((h, w), area, bits=np.packbits(flat))
+
+    def column_major(self) -> npt.NDArray[np.bool_]:
+        """The mask's pixels in column-major (RLE) order, ``(H * W,)`` bool."""
+        h, w = self.size
+        if self.bits is not None:
+            return np.unpackbits(self.bits, count=h * w).view(bool)
+        assert self.counts is not None
+        return np.repeat((np.arange(len(self.counts)) % 2).astype(bool), self.counts)
+
+    def mask(self) -> npt.NDArray[np.bool_]:
+        """``(H, W)`` bool (a Fortran-ordered view, as ``amg.rle_to_mask`` returns)."""
+        h, w = self.size
+        return self.column_major().reshape(w, h).T
+
+    def rle(self) -> IntArray:
+        """Uncompressed RLE counts, int64."""
+        if self.counts is not None:
+            return self.counts.astype(np.int64)
+        return masks_to_rle(self.mask()[None])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +586,7 @@ class _SamEngine(Protocol):  # what generate_sam needs of fastseg.sam.SamEngine
 class _MaskData:
     """The original's ``MaskData`` for kept masks: RLEs instead of mask tensors."""
 
-    rles: list[IntArray] = field(default_factory=list)
+    rles: list[StoredMask] = field(default_factory=list)
     boxes: list[IntArray] = field(default_factory=list)  # (n, 4) XYXY int, per part
     iou_preds: list[FloatArray] = field(default_factory=list)
     stability: list[FloatArray] = field(default_factory=list)
@@ -568,7 +615,7 @@ class _MaskData:
     @classmethod
     def from_arrays(
         cls,
-        rles: list[IntArray],
+        rles: list[StoredMask],
         boxes: IntArray,
         iou_preds: FloatArray,
         stability: FloatArray,
@@ -706,8 +753,8 @@ def _process_crop(
             if not len(inside):
                 continue
             data.extend(_MaskData.from_arrays(
-                [rles[k] for k in inside], boxes[inside], iou[idx[inside]], stability[inside],
-                rep_points[idx[inside]], np.zeros((len(inside), 4), np.int64),
+                [StoredMask.from_counts(rles[k], orig_size) for k in inside], boxes[inside], iou[idx[inside]],
+                stability[inside], rep_points[idx[inside]], np.zeros((len(inside), 4), np.int64),
             ))
         tick(b, len(data))
     if not len(data):
@@ -731,14 +778,14 @@ def _postprocess_small_regions(
     if not len(data):
         return data
     new_rles, new_boxes, scores = [], [], []
-    for counts in data.rles:
-        mask = rle_to_mask(counts, orig_size)
+    for stored in data.rles:
+        mask = stored.mask()
         mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
         mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
         unchanged = not (changed_holes or changed_islands)
         scores.append(float(unchanged))
         new_boxes.append(masks_to_boxes(mask[None])[0])
-        new_rles.append(counts if unchanged else masks_to_rle(mask[None])[0])
+        new_rles.append(stored if unchanged else StoredMask.from_counts(masks_to_rle(mask[None])[0], orig_size))
     boxes_all = np.stack(new_boxes)
     keep = nms(boxes_all.astype(np.float32), np.asarray(scores, dtype=np.float32), nms_thresh)
     boxes, iou, stab, points, crops = data.arrays()
@@ -747,7 +794,8 @@ def _postprocess_small_regions(
         if scores[i] == 0.0:
             rles[i] = new_rles[i]
             boxes[i] = boxes_all[i]
-    return _MaskData.from_arrays([rles[i] for i in keep], boxes[keep], iou[keep], stab[keep], points[keep], crops[keep])
+    kept = [rles[i] for i in keep]
+    return _MaskData.from_arrays(kept, boxes[keep], iou[keep], stab[keep], points[keep], crops[keep])
 
 
 def generate_sam(
@@ -839,21 +887,21 @@ def _xywh(box: Sequence[int]) -> list[int]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def _segmentation(counts: IntArray, size: tuple[int, int], output_mode: str) -> Any:
+def _segmentation(stored: StoredMask, output_mode: str) -> Any:
     if output_mode == "binary_mask":
-        return rle_to_mask(counts, size)
+        return stored.mask()
     if output_mode == "coco_rle":
-        return coco_encode_rle(counts, size)
-    return {"size": [size[0], size[1]], "counts": [int(c) for c in counts]}
+        return coco_encode_mask(stored.mask())
+    return {"size": list(stored.size), "counts": stored.rle().tolist()}
 
 
 def _sam_records(data: _MaskData, output_mode: str, size: tuple[int, int]) -> list[Record]:
     boxes, iou, stab, points, crops = data.arrays()
     records = []
-    for i, counts in enumerate(data.rles):
+    for i, stored in enumerate(data.rles):
         records.append({
-            "segmentation": _segmentation(counts, size, output_mode),
-            "area": rle_area(counts),
+            "segmentation": _segmentation(stored, output_mode),
+            "area": stored.area,
             "bbox": _xywh(boxes[i]),
             "predicted_iou": float(iou[i]),
             "point_coords": [points[i].tolist()],
@@ -880,11 +928,11 @@ def generate_fastsam(engine: Any, params: FastSamEverythingParams) -> list[Recor
     h, w = result.image_size
     records = []
     for i in range(len(result)):
-        counts = masks_to_rle(result.masks[i : i + 1])[0]
+        stored = StoredMask.from_counts(masks_to_rle(result.masks[i : i + 1])[0], (h, w))
         x0, y0, x1, y1 = (float(v) for v in result.boxes[i])
         records.append({
-            "segmentation": _segmentation(counts, (h, w), params.output_mode),
-            "area": rle_area(counts),
+            "segmentation": _segmentation(stored, params.output_mode),
+            "area": stored.area,
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "score": float(result.scores[i]),
         })
@@ -965,8 +1013,7 @@ def _coco_segmentation(segmentation: Any) -> dict[str, Any]:
     if isinstance(segmentation, dict):
         h, w = (int(v) for v in segmentation["size"])
         return coco_encode_rle(np.asarray(segmentation["counts"], dtype=np.int64), (h, w))
-    mask = segmentation_to_mask(segmentation)
-    return coco_encode_rle(masks_to_rle(mask[None])[0], mask.shape)
+    return coco_encode_mask(segmentation_to_mask(segmentation))
 
 
 def to_json(records: Sequence[Record], **info: Any) -> dict[str, Any]:
