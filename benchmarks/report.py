@@ -267,7 +267,7 @@ PATH_COLOURS = {
 def fmt_duration(ms: float) -> str:
     """Compact duration for chart labels: ``7.7 s``, ``1.66 s``, ``55 ms``, ``4.2 ms``."""
     if ms >= 10_000:
-        return f"{ms / 1000:.1f} s"
+        return f"{ms / 1000:.0f} s"
     if ms >= 1000:
         return f"{ms / 1000:.2f} s"
     return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
@@ -285,7 +285,8 @@ def render_chart(results: dict[str, Any], path: Path) -> Path:
     paths = [p for p in PATH_LABELS if any(p in results["models"][n]["paths"] for n in models)]
     panels = [("end_to_end_ms", "end_to_end", "End to end: image in memory → full-resolution mask"),
               ("click_ms", "click", "One more click on an image already set")]
-    fig, axes = plt.subplots(1, 2, figsize=(max(11.0, 3.4 * len(models) + 3), 6.6), constrained_layout=True)
+    # One panel above the other, full width: five labelled bars per model stay legible side by side.
+    fig, axes = plt.subplots(2, 1, figsize=(max(9.0, 3.6 * len(models) + 2), 11), constrained_layout=True)
     width = 0.8 / max(len(paths), 1)
     for ax, (key, ratio_key, title) in zip(axes, panels):
         values_seen: list[float] = []
