@@ -19,6 +19,7 @@ file references (:data:`ALLOWED_GLOBALS`), never with unrestricted pickle.
 from __future__ import annotations
 
 import copy
+import io
 import os
 import pickle
 import tempfile
@@ -283,12 +284,16 @@ def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
         "optimizer": None,
         "train_args": train_args,
     }
+    # Serialised through a buffer, as ultralytics' trainer does: the archive's inner folder is then
+    # "archive" rather than the (temporary) file name, so the bytes depend on the seed alone.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(checkpoint, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

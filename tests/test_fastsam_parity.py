@@ -1,0 +1,396 @@
+"""FastSAM parity: fastseg (OpenVINO f32 and ONNX Runtime) against ``ultralytics.FastSAM``.
+
+Both FastSAM variants are built with seeded random weights calibrated to behave like trained ones
+(``fastseg_export.fastsam.write_random_checkpoint``), saved in ultralytics' checkpoint format,
+exported with ``fastseg export`` and compared on scikit-image photos with the prompts ultralytics
+documents: point prompts (one, several positive and negative, all negative) and box prompts (one,
+several). Every selected mask must be matched one-to-one, IoU >= 0.99.
+
+Random weights react weakly to smooth (upscaled) photos: at conf 0.4 the random models find no object
+on ``chelsea`` (300 x 451, upscaled 2.3x; FastSAM-x's confidences there all lie in 0.19..0.23). A photo
+with fewer than 10 anchors above 0.4 therefore runs at a lower conf read off the model's own
+confidences (the middle of the widest gap between the 30th and 80th highest, so no anchor sits near
+the threshold); the others run at the default 0.4. Each photo is asserted to yield detections, so no
+comparison passes on empty results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fastseg import fastsam as fs
+from fastseg.registry import get_spec
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["fastsam_s", "fastsam_x"]
+DEFAULT_CONF = 0.4
+IOU = 0.9
+MIN_DETECTIONS = 10
+MIN_MASK_IOU = 0.99
+
+
+def _prompt_sets(h: int, w: int) -> dict[str, dict[str, list]]:
+    """Prompts at fixed fractions of the image (ultralytics' list-of-lists form)."""
+    return {
+        "one point": {"points": [[w // 2, h // 2]], "labels": [1]},
+        "three points, one negative": {
+            "points": [[int(0.3 * w), int(0.4 * h)], [int(0.6 * w), int(0.5 * h)], [int(0.5 * w), int(0.7 * h)]],
+            "labels": [1, 0, 1],
+        },
+        "two positive points": {
+            "points": [[int(0.25 * w), int(0.3 * h)], [int(0.75 * w), int(0.6 * h)]],
+            "labels": [1, 1],
+        },
+        "all negative": {"points": [[w // 2, h // 2], [int(0.2 * w), int(0.8 * h)]], "labels": [0, 0]},
+        "one box": {"bboxes": [[0.2 * w, 0.2 * h, 0.8 * w, 0.8 * h]]},
+        "three boxes": {
+            "bboxes": [
+                [0, 0, w / 2, h / 2],
+                [w / 4, h / 4, 3 * w / 4, 3 * h / 4],
+                [0.5 * w, 0.1 * h, 0.95 * w, 0.6 * h],
+            ]
+        },
+        "box and point": {
+            "bboxes": [[0.1 * w, 0.1 * h, 0.6 * w, 0.9 * h]],
+            "points": [[int(0.7 * w), int(0.3 * h)]],
+            "labels": [1],
+        },
+    }
+
+
+def _match(
+    ours, ref_masks: np.ndarray, ref_scores: np.ndarray, what: str, ref_boxes: np.ndarray | None = None
+) -> list[float]:
+    """Match every reference mask to one of ours (same detection: score within 1e-3), IoU >= 0.99.
+
+    Order-free: detections whose confidences differ by float noise may come in either order. With
+    ``ref_boxes``, the matched boxes must agree within 0.05 px.
+    """
+    assert len(ours) == len(ref_masks), f"{what}: fastseg returned {len(ours)} masks, ultralytics {len(ref_masks)}"
+    ious = []
+    free = np.ones(len(ours), dtype=bool)
+    pixels = int(np.prod(ours.masks.shape[1:]))
+    flat_ours = ours.masks.reshape(len(ours), pixels)
+    for mask, score in zip(ref_masks.reshape(len(ref_masks), pixels), ref_scores):
+        candidates = np.flatnonzero(free & (np.abs(ours.scores - score) <= 1e-3))
+        assert len(candidates), f"{what}: no fastseg detection with confidence {score:.5f}"
+        inter = (flat_ours[candidates] & mask).sum(axis=1)
+        union = (flat_ours[candidates] | mask).sum(axis=1)
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        best = int(np.argmax(iou))
+        free[candidates[best]] = False
+        ious.append(float(iou[best]))
+        if ref_boxes is not None:
+            k = len(ious) - 1
+            np.testing.assert_allclose(ours.boxes[candidates[best]], ref_boxes[k], atol=0.05, err_msg=what)
+    assert min(ious, default=1.0) >= MIN_MASK_IOU, f"{what}: mask IoU {min(ious):.4f} < {MIN_MASK_IOU}"
+    return ious
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request, exported_model, random_checkpoint):
+    name = request.param
+    return name, random_checkpoint(name), exported_model(name)
+
+
+@pytest.fixture(scope="module")
+def confs(model, photos):
+    """The confidence threshold per photo: 0.4, or lower where random weights find nothing at 0.4."""
+    from fastseg.predictor import Predictor
+
+    name, _, folder = model
+    predictor = Predictor(folder, precision="f32", cache_dir=False)
+    out = {}
+    for photo, rgb in photos.items():
+        predictor.set_image(rgb)
+        scores = np.sort(predictor.get_image_embedding().detections[0, 4])[::-1]
+        if (scores > DEFAULT_CONF).sum() >= MIN_DETECTIONS:
+            out[photo] = DEFAULT_CONF
+        else:
+            band = scores[29:80]
+            k = int(np.argmax(band[:-1] - band[1:]))
+            out[photo] = float((band[k] + band[k + 1]) / 2)
+    print(f"\n[conf] {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def references(model, photos, confs):
+    """ultralytics' un-prompted result per photo, and the predictor whose ``prompt`` rules apply."""
+    from ultralytics import FastSAM
+
+    _, checkpoint, _ = model
+    reference = FastSAM(str(checkpoint))
+    out = {}
+    for name, rgb in photos.items():
+        bgr = np.ascontiguousarray(rgb[..., ::-1])  # ultralytics reads numpy images as BGR
+        result = reference.predict(bgr, conf=confs[name], iou=IOU, retina_masks=True, imgsz=1024, verbose=False)
+        out[name] = (result[0], reference.predictor)
+    return out
+
+
+def _reference_prompt(references, photo, prompt):
+    result, predictor = references[photo]
+    # FastSAMPredictor.postprocess = un-prompted results + self.prompt(...): the same call on the
+    # cached result (ultralytics runs the network once per predict call; FastSAM-x takes ~6 s).
+    out = predictor.prompt(
+        [result], bboxes=prompt.get("bboxes"), points=prompt.get("points"), labels=prompt.get("labels")
+    )[0]
+    masks = out.masks.data.numpy().astype(bool) if len(out) else np.zeros((0, *result.orig_shape), bool)
+    return masks, out.boxes.conf.numpy() if len(out) else np.zeros(0, np.float32), out
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
+    from fastseg.predictor import Predictor
+
+    name, _, folder = model
+    nonempty_prompts = 0
+    for photo, rgb in photos.items():
+        predictor = Predictor(folder, backend=backend, precision="f32", conf=confs[photo], iou=IOU, cache_dir=False)
+        predictor.set_image(rgb)
+        result, _ = references[photo]
+        assert len(result) >= MIN_DETECTIONS, (
+            f"{name}/{photo}: only {len(result)} detections; the test would be vacuous"
+        )
+        everything = predictor._engine.everything()
+        _match(
+            everything,
+            result.masks.data.numpy().astype(bool),
+            result.boxes.conf.numpy(),
+            f"{name}/{backend}/{photo}/everything",
+            ref_boxes=result.boxes.xyxy.numpy(),
+        )
+        for label, prompt in _prompt_sets(*rgb.shape[:2]).items():
+            ref_masks, ref_scores, _ = _reference_prompt(references, photo, prompt)
+            ours = predictor.predict(
+                points=prompt.get("points"), labels=prompt.get("labels"), boxes=prompt.get("bboxes")
+            )
+            _match(ours, ref_masks, ref_scores, f"{name}/{backend}/{photo}/{label}")
+            nonempty_prompts += len(ref_masks) > 0
+    # most prompt sets must select something, or the comparison says little
+    assert nonempty_prompts >= 2 * len(photos), f"only {nonempty_prompts} prompt sets selected any mask"
+
+
+def test_fastsam_end_to_end_prompt_call(model, photos):
+    """One real ``FastSAM.predict(..., points=, labels=, bboxes=)`` call per model (no shortcut)."""
+    from ultralytics import FastSAM
+
+    from fastseg.predictor import Predictor
+
+    name, checkpoint, folder = model
+    rgb = photos["coffee"]
+    h, w = rgb.shape[:2]
+    points, labels, boxes = [[w // 2, h // 2], [w // 4, h // 4]], [1, 0], [[0.1 * w, 0.1 * h, 0.7 * w, 0.9 * h]]
+    ref = FastSAM(str(checkpoint)).predict(
+        np.ascontiguousarray(rgb[..., ::-1]),
+        points=points,
+        labels=labels,
+        bboxes=boxes,
+        conf=DEFAULT_CONF,
+        iou=IOU,
+        retina_masks=True,
+        imgsz=1024,
+        verbose=False,
+    )[0]
+    predictor = Predictor(folder, precision="f32", conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
+    predictor.set_image(rgb)
+    ours = predictor.predict(points=points, labels=labels, boxes=boxes)
+    assert len(ref) >= 1
+    _match(
+        ours,
+        ref.masks.data.numpy().astype(bool),
+        ref.boxes.conf.numpy(),
+        f"{name}/coffee/end-to-end",
+        ref.boxes.xyxy.numpy(),
+    )
+
+
+def test_bf16_agreement_is_reported(model, photos, confs):
+    """bf16 is not held to parity; print how far its masks are from f32 (not asserted)."""
+    from fastseg.predictor import Predictor
+
+    name, _, folder = model
+    for photo, rgb in photos.items():
+        f32 = Predictor(folder, precision="f32", conf=confs[photo], iou=IOU, cache_dir=False)
+        bf16 = Predictor(folder, precision="bf16", conf=confs[photo], iou=IOU, cache_dir=False)
+        f32.set_image(rgb)
+        bf16.set_image(rgb)
+        a, b = f32._engine.everything(), bf16._engine.everything()
+        matched, ious = 0, []
+        for mask, score in zip(a.masks, a.scores):
+            close = np.flatnonzero(np.abs(b.scores - score) <= 5e-3)
+            if len(close):
+                inter = (b.masks[close] & mask).sum(axis=(1, 2))
+                union = (b.masks[close] | mask).sum(axis=(1, 2))
+                ious.append(float((inter / np.maximum(union, 1)).max()))
+                matched += 1
+        print(
+            f"\n[bf16 vs f32] {name}/{photo}: {len(a)} f32 detections, {len(b)} bf16, {matched} matched by score, "
+            f"mask IoU median {np.median(ious) if ious else np.nan:.4f}, min {min(ious, default=np.nan):.4f}"
+        )
+        assert len(a) > 0  # the report is about something
+
+
+# ------------------------------------------------------------------------------------------------
+# The exported graph at several input shapes, and the checkpoint format
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
+    from fastseg.backends import open_session
+    from fastseg.manifest import load_model_folder
+    from fastseg_export.fastsam import FastSamNetwork, load_model
+
+    name, checkpoint, folder = model
+    network = FastSamNetwork(load_model(get_spec(name), checkpoint))
+    session = open_session(load_model_folder(folder), "network", backend, "f32", cache_dir=False)
+    shapes = (
+        [(1024, 1024), (448, 1024), (1024, 704), (320, 512)] if name == "fastsam_s" else [(1024, 1024), (448, 1024)]
+    )
+    rng = np.random.default_rng(0)
+    for h, w in shapes:
+        x = rng.uniform(0, 1, (1, 3, h, w)).astype(np.float32)
+        with torch.no_grad():
+            ref_det, ref_protos = (t.numpy() for t in network(torch.from_numpy(x)))
+        out = session.run({"images": x})
+        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
+        assert out["detections"].shape == ref_det.shape == (1, 37, anchors)
+        assert out["protos"].shape == ref_protos.shape == (1, 32, h // 4, w // 4)
+        for key, ref in (("detections", ref_det), ("protos", ref_protos)):
+            rel = np.abs(out[key] - ref).max() / np.abs(ref).max()
+            assert rel < 1e-4, f"{name}/{backend} {key} at {h}x{w}: max relative error {rel:.2e}"
+
+
+def test_random_checkpoint_is_ultralytics_format_and_loads(model):
+    from ultralytics import FastSAM
+
+    from fastseg_export.fastsam import load_model
+
+    name, checkpoint, _ = model
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert {"model", "ema", "optimizer", "train_args", "epoch", "date", "version"} <= set(ckpt)
+    assert next(ckpt["model"].parameters()).dtype == torch.float16  # released checkpoints are half
+    assert ckpt["model"].names == {0: "object"} and ckpt["model"].model[-1].nc == 1
+    loaded = load_model(get_spec(name), checkpoint)
+    assert next(loaded.parameters()).dtype == torch.float32 and not loaded.training and loaded.is_fused()
+    assert FastSAM(str(checkpoint)).model.model[-1].nc == 1
+    other = "fastsam_x" if name == "fastsam_s" else "fastsam_s"
+    from fastseg_export.common import CheckpointError
+
+    with pytest.raises(
+        CheckpointError, match=rf"is not {other}: expected YOLOv8.-seg .* got YOLOv8 scale '{name[-1]}'"
+    ):
+        load_model(get_spec(other), checkpoint)
+
+
+def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path, random_checkpoint):
+    import argparse
+
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.utils import IterableSimpleNamespace
+
+    from fastseg_export.common import CheckpointError
+    from fastseg_export.fastsam import load_model
+
+    spec = get_spec("fastsam_s")
+    ckpt = torch.load(random_checkpoint("fastsam_s"), map_location="cpu", weights_only=False)
+    # an extra object of a class outside the allow-list: refused before anything is built
+    bad = dict(ckpt, extra=argparse.Namespace(a=1))
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="argparse.Namespace"):
+        load_model(spec, tmp_path / "bad.pt")
+    # what ultralytics 8.0 checkpoints pickle: getattr(Detect, "forward"), namespace args
+    legacy = dict(ckpt)
+    legacy["model"].model[-1].detect = Detect.forward
+    legacy["model"].args = IterableSimpleNamespace(**legacy["train_args"])
+    torch.save(legacy, tmp_path / "legacy.pt")
+    needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "legacy.pt"))
+    assert "builtins.getattr" in needed
+    assert load_model(spec, tmp_path / "legacy.pt").model[-1].nc == 1
+    # the getattr shim allows nothing but Detect.forward
+    sneaky = dict(ckpt, extra=pickle.loads(pickle.dumps(Detect.forward)))
+    sneaky["extra2"] = torch.nn.Conv2d.__init__  # getattr(Conv2d, "__init__") in the pickle
+    torch.save(sneaky, tmp_path / "sneaky.pt")
+    with pytest.raises(CheckpointError):
+        load_model(spec, tmp_path / "sneaky.pt")
+    # not a checkpoint / not a segmentation model
+    torch.save({"model": torch.nn.Conv2d(3, 3, 1)}, tmp_path / "conv.pt")
+    with pytest.raises(CheckpointError, match="expected ultralytics SegmentationModel, got Conv2d"):
+        load_model(spec, tmp_path / "conv.pt")
+
+
+def test_random_checkpoint_is_deterministic(tmp_path):
+    from fastseg_export.fastsam import write_random_checkpoint
+
+    spec = get_spec("fastsam_s")
+    digests = []
+    for i in range(2):
+        path = tmp_path / f"{i}.pt"
+        write_random_checkpoint(spec, path, seed=1)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    write_random_checkpoint(spec, tmp_path / "other.pt", seed=2)
+    assert digests[0] == digests[1]
+    assert hashlib.sha256((tmp_path / "other.pt").read_bytes()).hexdigest() != digests[0]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_calibrated_random_model_finds_objects_at_default_conf(model, photos):
+    """The calibration that makes these tests meaningful: tens to hundreds of detections at 0.4."""
+    from fastseg.predictor import Predictor
+
+    name, _, folder = model
+    predictor = Predictor(folder, conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
+    predictor.set_image(photos["coffee"])
+    found = len(predictor._engine.everything())
+    assert MIN_DETECTIONS <= found <= fs.MAX_DET, f"{name}: {found} detections on coffee at conf 0.4"
+
+
+def test_mask_assembly_time_is_reported(model, photos):
+    """Where FastSAM post-processing time goes on a real output (printed, min of 3)."""
+    import time
+
+    from fastseg.predictor import Predictor
+
+    name, _, folder = model
+    predictor = Predictor(folder, conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
+    rgb = photos["astronaut"]
+    h, w = rgb.shape[:2]
+    predictor.set_image(rgb)
+    engine = predictor._engine
+    embedding = engine.get_image_embedding()
+    timings: dict[str, float] = {}
+
+    def clock(label, fn):
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        timings[label] = best
+
+    clock("nms + state", lambda: engine.set_image_embedding(embedding))
+    for label, prompt in _prompt_sets(h, w).items():
+        clock(
+            label,
+            lambda p=prompt: engine.predict(
+                np.asarray(p["points"], np.float32) if "points" in p else None,
+                np.asarray(p["labels"]) if "labels" in p else None,
+                np.asarray(p["bboxes"], np.float32) if "bboxes" in p else None,
+                None,
+                True,
+            ),
+        )
+    clock("everything", engine.everything)
+    print(
+        f"\n[post-processing] {name} astronaut {h}x{w}: "
+        + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timings.items())
+    )
+    assert all(v > 0 for v in timings.values())
