@@ -21,7 +21,6 @@ for the measurements behind that choice.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import warnings
@@ -52,8 +51,10 @@ def _registry(spec: ModelSpec) -> dict[str, Any]:
         raise ValueError(f"{spec.name!r} is not a SAM-family model; expected one of {sorted(_ARCH)}")
     if spec.name == "mobile_sam":
         with warnings.catch_warnings():
-            # mobile_sam re-registers TinyViT names in timm's registry on import
+            # On import mobile_sam re-registers TinyViT names in timm's registry (UserWarning) through
+            # timm's deprecated module paths (FutureWarning): noise about a third-party package.
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             from mobile_sam import sam_model_registry
     else:
         from segment_anything import sam_model_registry
@@ -107,14 +108,14 @@ def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
             for name, param in model.named_parameters():
                 if name.endswith("attention_biases"):
                     param.normal_(0.0, 1.0)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()  # in memory: torch.save names the archive after the file, keep it fixed
-    torch.save(state, buffer)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
+            # A file object, not a path: torch.save then names the archive "archive" instead of after
+            # the (random) temporary file name, so the bytes depend on the seed only.
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
