@@ -104,6 +104,9 @@ def assert_parity(reference: list[dict[str, Any]], ours: list[dict[str, Any]], s
     assert abs(n_ours - n_ref) <= COUNT_TOLERANCE * n_ref, f"{n_ours} masks, the official generator {n_ref}"
     pairs = [(i, j, v) for i, j, v in _match(reference, ours, size) if v >= MIN_IOU]
     fraction = len(pairs) / n_ref if n_ref else 1.0
+    low = min((v for _, _, v in pairs), default=float("nan"))
+    print(f"\n[everything parity] official {n_ref} masks, ours {n_ours}; {len(pairs)} matched with IoU >= "
+          f"{MIN_IOU} ({fraction:.1%}), lowest matched IoU {low:.5f}")
     assert fraction >= MIN_MATCHED, f"only {len(pairs)} of {n_ref} official masks matched with IoU >= {MIN_IOU}"
     for i, j, _ in pairs:
         ref, our = reference[i], ours[j]
@@ -559,6 +562,8 @@ def test_sam_parity_nms_off_lowered_thresholds(name: str, photo: str, photos, pr
     params = {"points_per_side": 8, "box_nms_thresh": 1.0, **_thresholds_from_distribution(predictor, 8)}
     ours = predictor.everything(**params)
     reference = official.generate(name, image, **params)
+    print(f"\n[everything parity] {name}/{photo}: pred_iou_thresh {params['pred_iou_thresh']:.4f}, "
+          f"stability_score_thresh {params['stability_score_thresh']:.4f}")
     assert len(reference) >= 20
     assert_parity(reference, ours, image.shape[:2])
 
@@ -617,6 +622,8 @@ def test_fastsam_everything_matches_ultralytics(photo: str, photos, predictors, 
     assert len(records) == len(masks)
     reference = [{"segmentation": m, "area": int(m.sum())} for m in masks]
     pairs = _match(reference, records, image.shape[:2])
+    print(f"\n[everything parity] fastsam_s/{photo} (conf {FASTSAM_CONF[photo]}): ultralytics {len(masks)} "
+          f"detections, ours {len(records)}; lowest matched IoU {min(v for _, _, v in pairs):.5f}")
     assert len(pairs) == len(masks) and min(v for _, _, v in pairs) >= 0.99
     for i, j, _ in pairs:
         assert abs(records[j]["score"] - float(conf[i])) < 1e-3
