@@ -925,14 +925,19 @@ def generate_fastsam(engine: Any, params: FastSamEverythingParams) -> list[Recor
     (confidence).
     """
     result = engine.everything()
-    h, w = result.image_size
     records = []
     for i in range(len(result)):
-        stored = StoredMask.from_counts(masks_to_rle(result.masks[i : i + 1])[0], (h, w))
+        mask = result.masks[i]
+        if params.output_mode == "binary_mask":
+            segmentation: Any = mask
+        elif params.output_mode == "coco_rle":
+            segmentation = coco_encode_mask(mask)
+        else:
+            segmentation = {"size": list(mask.shape), "counts": masks_to_rle(mask[None])[0].tolist()}
         x0, y0, x1, y1 = (float(v) for v in result.boxes[i])
         records.append({
-            "segmentation": _segmentation(stored, params.output_mode),
-            "area": stored.area,
+            "segmentation": segmentation,
+            "area": int(np.count_nonzero(mask)),
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "score": float(result.scores[i]),
         })
