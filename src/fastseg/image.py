@@ -33,7 +33,9 @@ def load_image(image: ImageLike) -> npt.NDArray[np.uint8]:
             with Image.open(path) as pil:
                 pil = ImageOps.exif_transpose(pil)
                 return _from_pil(pil)
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
+            # ImportError: a third-party opener patched into Pillow (e.g. ultralytics' HEIF hook) that
+            # lacks its own dependency; the file is unreadable all the same.
             raise ValueError(f"cannot read {path} as an image: {exc}") from exc
     if isinstance(image, Image.Image):
         return _from_pil(image)
