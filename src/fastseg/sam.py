@@ -242,25 +242,25 @@ class UpscalePlan:
     each chunk while it is hot, so the full-resolution float image is never stored.
 
     Why numpy and not a graph. Measured on this project's 2-core AVX-512 machine (shared with other
-    work: min over interleaved repeated runs, two sessions agreeing within ~10%), MobileSAM, one
-    click on a 1920 x 1080 photo (the decoder graph is the same size for every SAM variant):
+    work; min over interleaved repeated runs taken while it was otherwise idle), MobileSAM, one click
+    on a 1920 x 1080 photo (the decoder graph is the same size for every SAM variant):
 
     ===========================================================  =========  =========
     step                                                          f32        bf16
     ===========================================================  =========  =========
-    decoder graph alone, OpenVINO (1 prompt set, 4 masks)         33.9 ms    20.0 ms
+    decoder graph alone, OpenVINO (1 prompt set, 4 masks)         33.8 ms    20.4 ms
     upscaling 3 masks, OpenVINO graph (Interpolate, crop, > 0)    35.6 ms    25.9 ms
-    upscaling 3 masks, PyTorch (``postprocess_masks`` + ``> 0``)  11.6 ms
+    upscaling 3 masks, PyTorch (``postprocess_masks`` + ``> 0``)  8.0 ms
     upscaling 3 masks, this plan (numpy)                          2.0 ms
-    building this plan (once per image size, in ``set_image``)    2.7 ms
-    mask -> box for the 3 masks (``masks_to_boxes``)              0.3 ms
+    building this plan (once per image size, in ``set_image``)    2.9 ms
+    mask -> box for the 3 masks (``masks_to_boxes``)              0.4 ms
+    one click end to end, ``Predictor.predict``                   37.8 ms    24.9 ms
     ===========================================================  =========  =========
 
-    So a click costs the decoder plus ~2.5 ms (~23 ms at bf16, measured end to end through
-    ``Predictor.predict`` as decoder + 3-4 ms). OpenVINO's Interpolate is 10x slower than this plan
-    and would also need its own session held at f32 whatever the decoder's precision (bf16
-    resampling flipped 0.002% of pixels). The plan agrees with ``postprocess_masks`` + ``> 0`` on
-    >= 99.9999% of pixels: only logits within float32 rounding of the threshold can differ.
+    OpenVINO's Interpolate is more than 10x slower than this plan and would also need its own
+    session held at f32 whatever the decoder's precision (bf16 resampling flipped 0.002% of pixels).
+    The plan agrees with ``postprocess_masks`` + ``> 0`` on >= 99.9999% of pixels: only logits within
+    float32 rounding of the threshold can differ.
     """
 
     def __init__(
