@@ -146,6 +146,10 @@ class SamDecoder(nn.Module):
 
     The image side is computed once for all B prompt sets (see :meth:`predict_masks`) and
     ``mask_input`` may have batch 1 (shared by every set) or B, as ``PromptEncoder`` allows.
+    Against a graph of the original ``predict_masks`` (same inputs, one click, OpenVINO, min of 80
+    interleaved runs): 38.1 -> 34.6 ms at f32, 24.6 -> 21.2 ms at bf16. Two further rewrites were
+    measured and dropped as slower: ``LayerNorm2d`` as a channels-last ``layer_norm`` (+1.4 ms bf16)
+    and adding the dense embedding after the NHWC transpose (+0.5 ms bf16).
     """
 
     def __init__(self, model: nn.Module) -> None:
