@@ -4,14 +4,26 @@ Both FastSAM variants are built with seeded random weights calibrated to behave 
 (``fastseg_export.fastsam.write_random_checkpoint``), saved in ultralytics' checkpoint format,
 exported with ``fastseg export`` and compared on scikit-image photos with the prompts ultralytics
 documents: point prompts (one, several positive and negative, all negative) and box prompts (one,
-several). Every selected mask must be matched one-to-one, IoU >= 0.99.
+several). Every selected mask must be matched one-to-one (same detections), with IoU >= 0.99 for
+FastSAM-s and >= 0.97 for FastSAM-x, mean IoU >= 0.995.
 
-Random weights react weakly to smooth (upscaled) photos: at conf 0.4 the random models find no object
-on ``chelsea`` (300 x 451, upscaled 2.3x; FastSAM-x's confidences there all lie in 0.19..0.23). A photo
-with fewer than 10 anchors above 0.4 therefore runs at a lower conf read off the model's own
-confidences (the middle of the widest gap between the 30th and 80th highest, so no anchor sits near
-the threshold); the others run at the default 0.4. Each photo is asserted to yield detections, so no
-comparison passes on empty results.
+Why FastSAM-x gets 0.97: its random weights amplify float noise. ultralytics' own PyTorch model moves
+its boxes by up to 0.08 px and its prototypes by 1e-3 when run with 1 instead of 2 threads (0.2 px
+for an input change of 1e-7), and on ``coffee`` one of its own masks changes IoU by 0.6% and one
+detection drops out of the top 300 between those two runs (measured while writing this test). ONNX
+Runtime and OpenVINO differ from PyTorch by the same order (relative 2e-4 on ``detections``), which
+moves boundary pixels of some masks by up to ~2%. FastSAM-s stays within 0.99.
+
+Confidence thresholds: the default 0.4 where it gives a usable set, read off the model's own anchor
+confidences otherwise, in the middle of the widest gap in a rank window so that no anchor sits near
+the threshold:
+
+- fewer than 10 anchors above 0.4 (random weights react weakly to smooth, upscaled photos; both
+  models find nothing on ``chelsea`` at 0.4): ranks 30..80;
+- more than 300 anchors above 0.4: the result would be ultralytics' ``max_det=300`` cut through
+  near-equal confidences, which float noise reorders (see above): ranks 150..250.
+
+Each photo is asserted to yield detections, so no comparison passes on empty results.
 """
 
 from __future__ import annotations
@@ -32,7 +44,9 @@ MODELS = ["fastsam_s", "fastsam_x"]
 DEFAULT_CONF = 0.4
 IOU = 0.9
 MIN_DETECTIONS = 10
-MIN_MASK_IOU = 0.99
+MIN_MASK_IOU = {"fastsam_s": 0.99, "fastsam_x": 0.97}
+MIN_MEAN_IOU = 0.995
+BOX_ATOL = 0.25  # px
 
 
 def _prompt_sets(h: int, w: int) -> dict[str, dict[str, list]]:
@@ -88,8 +102,11 @@ def _match(
         ious.append(float(iou[best]))
         if ref_boxes is not None:
             k = len(ious) - 1
-            np.testing.assert_allclose(ours.boxes[candidates[best]], ref_boxes[k], atol=0.05, err_msg=what)
-    assert min(ious, default=1.0) >= MIN_MASK_IOU, f"{what}: mask IoU {min(ious):.4f} < {MIN_MASK_IOU}"
+            np.testing.assert_allclose(ours.boxes[candidates[best]], ref_boxes[k], atol=BOX_ATOL, err_msg=what)
+    limit = MIN_MASK_IOU[what.split("/")[0]]
+    assert min(ious, default=1.0) >= limit, f"{what}: mask IoU {min(ious):.4f} < {limit}"
+    mean = float(np.mean(ious)) if ious else 1.0
+    assert mean >= MIN_MEAN_IOU, f"{what}: mean mask IoU {mean:.4f} < {MIN_MEAN_IOU}"
     return ious
 
 
@@ -110,12 +127,13 @@ def confs(model, photos):
     for photo, rgb in photos.items():
         predictor.set_image(rgb)
         scores = np.sort(predictor.get_image_embedding().detections[0, 4])[::-1]
-        if (scores > DEFAULT_CONF).sum() >= MIN_DETECTIONS:
+        above = int((scores > DEFAULT_CONF).sum())
+        if MIN_DETECTIONS <= above <= fs.MAX_DET:
             out[photo] = DEFAULT_CONF
-        else:
-            band = scores[29:80]
-            k = int(np.argmax(band[:-1] - band[1:]))
-            out[photo] = float((band[k] + band[k + 1]) / 2)
+            continue
+        band = scores[29:80] if above < MIN_DETECTIONS else scores[149:250]
+        k = int(np.argmax(band[:-1] - band[1:]))
+        out[photo] = float((band[k] + band[k + 1]) / 2)
     print(f"\n[conf] {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
     return out
 
@@ -152,6 +170,7 @@ def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
 
     name, _, folder = model
     nonempty_prompts = 0
+    all_ious: list[float] = []
     for photo, rgb in photos.items():
         predictor = Predictor(folder, backend=backend, precision="f32", conf=confs[photo], iou=IOU, cache_dir=False)
         predictor.set_image(rgb)
@@ -160,7 +179,7 @@ def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
             f"{name}/{photo}: only {len(result)} detections; the test would be vacuous"
         )
         everything = predictor._engine.everything()
-        _match(
+        all_ious += _match(
             everything,
             result.masks.data.numpy().astype(bool),
             result.boxes.conf.numpy(),
@@ -172,13 +191,18 @@ def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
             ours = predictor.predict(
                 points=prompt.get("points"), labels=prompt.get("labels"), boxes=prompt.get("bboxes")
             )
-            _match(ours, ref_masks, ref_scores, f"{name}/{backend}/{photo}/{label}")
+            all_ious += _match(ours, ref_masks, ref_scores, f"{name}/{backend}/{photo}/{label}")
             nonempty_prompts += len(ref_masks) > 0
+    ious = np.asarray(all_ious)
+    print(
+        f"\n[parity] {name}/{backend}: {len(ious)} masks matched, IoU min {ious.min():.4f}, "
+        f"mean {ious.mean():.5f}, identical {(ious == 1).mean():.0%}"
+    )
     # most prompt sets must select something, or the comparison says little
     assert nonempty_prompts >= 2 * len(photos), f"only {nonempty_prompts} prompt sets selected any mask"
 
 
-def test_fastsam_end_to_end_prompt_call(model, photos):
+def test_fastsam_end_to_end_prompt_call(model, photos, confs):
     """One real ``FastSAM.predict(..., points=, labels=, bboxes=)`` call per model (no shortcut)."""
     from ultralytics import FastSAM
 
@@ -193,13 +217,13 @@ def test_fastsam_end_to_end_prompt_call(model, photos):
         points=points,
         labels=labels,
         bboxes=boxes,
-        conf=DEFAULT_CONF,
+        conf=confs["coffee"],
         iou=IOU,
         retina_masks=True,
         imgsz=1024,
         verbose=False,
     )[0]
-    predictor = Predictor(folder, precision="f32", conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
+    predictor = Predictor(folder, precision="f32", conf=confs["coffee"], iou=IOU, cache_dir=False)
     predictor.set_image(rgb)
     ours = predictor.predict(points=points, labels=labels, boxes=boxes)
     assert len(ref) >= 1
@@ -223,17 +247,18 @@ def test_bf16_agreement_is_reported(model, photos, confs):
         f32.set_image(rgb)
         bf16.set_image(rgb)
         a, b = f32._engine.everything(), bf16._engine.everything()
-        matched, ious = 0, []
-        for mask, score in zip(a.masks, a.scores):
-            close = np.flatnonzero(np.abs(b.scores - score) <= 5e-3)
-            if len(close):
-                inter = (b.masks[close] & mask).sum(axis=(1, 2))
-                union = (b.masks[close] | mask).sum(axis=(1, 2))
-                ious.append(float((inter / np.maximum(union, 1)).max()))
-                matched += 1
+        # each f32 mask against the best bf16 mask among detections whose box overlaps it (IoU > 0.5)
+        box_overlap = fs.box_iou(a.boxes, b.boxes) if len(a) and len(b) else np.zeros((len(a), len(b)))
+        ious = []
+        for k, mask in enumerate(a.masks):
+            close = np.flatnonzero(box_overlap[k] > 0.5)
+            inter = (b.masks[close] & mask).sum(axis=(1, 2))
+            union = (b.masks[close] | mask).sum(axis=(1, 2))
+            ious.append(float((inter / np.maximum(union, 1)).max()) if len(close) else 0.0)
+        ious_arr = np.asarray(ious)
         print(
-            f"\n[bf16 vs f32] {name}/{photo}: {len(a)} f32 detections, {len(b)} bf16, {matched} matched by score, "
-            f"mask IoU median {np.median(ious) if ious else np.nan:.4f}, min {min(ious, default=np.nan):.4f}"
+            f"\n[bf16 vs f32] {name}/{photo}: {len(a)} f32 detections, {len(b)} bf16; best bf16 mask IoU per f32 "
+            f"mask: median {np.median(ious_arr) if ious else np.nan:.3f}, >= 0.9 for {(ious_arr >= 0.9).mean():.0%}"
         )
         assert len(a) > 0  # the report is about something
 
@@ -266,7 +291,10 @@ def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
         assert out["protos"].shape == ref_protos.shape == (1, 32, h // 4, w // 4)
         for key, ref in (("detections", ref_det), ("protos", ref_protos)):
             rel = np.abs(out[key] - ref).max() / np.abs(ref).max()
-            assert rel < 1e-4, f"{name}/{backend} {key} at {h}x{w}: max relative error {rel:.2e}"
+            # the export self-check's tolerance; a wrong dynamic graph (anchors or shapes baked in at the
+            # traced 768x1024) is off by whole boxes. PyTorch against itself at another thread count:
+            # ~1e-4 for FastSAM-x on noise input.
+            assert rel < 1e-3, f"{name}/{backend} {key} at {h}x{w}: max relative error {rel:.2e}"
 
 
 def test_random_checkpoint_is_ultralytics_format_and_loads(model):
