@@ -371,3 +371,16 @@ def test_engine_refuses_wrong_sessions_and_outputs() -> None:
         engine.predict(
             None, None, np.array([[0, 0, 5, 5], [1, 1, 4, 4]], np.float32), np.zeros((3, 256, 256), np.float32), True
         )
+
+
+def test_engine_raw_decode_for_batched_callers() -> None:
+    engine = _engine()
+    engine.set_image(_image(50, 60))
+    coords = np.zeros((5, 2, 2), np.float32)
+    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (5, 1))
+    low_res, iou = engine.decode(coords, labels)
+    assert low_res.shape == (5, 4, 256, 256) and iou.shape == (5, 4)
+    feeds = engine._decoder.calls[-1]
+    assert feeds["has_mask_input"].tolist() == [0.0] and feeds["point_coords"].shape == (5, 2, 2)
+    with pytest.raises(ValueError, match=r"point_coords must be \(B, N, 2\) with point_labels \(B, N\), got \(5, 2\)"):
+        engine.decode(coords[:, 0], labels)

@@ -496,21 +496,7 @@ class SamEngine:
                 )
             mask = np.ascontiguousarray(mask)
             has_mask = np.ones(1, dtype=np.float32)
-        out = self._decoder.run(
-            {
-                "image_embeddings": emb.embedding,
-                "point_coords": coords,
-                "point_labels": point_labels,
-                "mask_input": mask,
-                "has_mask_input": has_mask,
-            }
-        )
-        low_res, iou = out["low_res_masks"], out["iou_predictions"]
-        if low_res.shape != (n_sets, NUM_MASK_OUTPUTS, size, size) or iou.shape != (n_sets, NUM_MASK_OUTPUTS):
-            raise RuntimeError(
-                f"decoder returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
-                f"({n_sets}, {NUM_MASK_OUTPUTS}, {size}, {size}) and ({n_sets}, {NUM_MASK_OUTPUTS})"
-            )
+        low_res, iou = self._run_decoder(emb, coords, point_labels, mask, has_mask)
         chosen = slice(1, None) if multimask else slice(0, 1)
         low_res = low_res[:, chosen]
         per_set = low_res.shape[1]
@@ -548,17 +534,28 @@ class SamEngine:
                 f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}"
             )
         size = self.low_res_size
+        no_mask = np.zeros((1, 1, size, size), dtype=np.float32)
+        return self._run_decoder(emb, coords, labels, no_mask, np.zeros(1, dtype=np.float32))
+
+    def _run_decoder(
+        self,
+        emb: ImageEmbedding,
+        coords: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.float32],
+        has_mask: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         out = self._decoder.run(
             {
                 "image_embeddings": emb.embedding,
                 "point_coords": coords,
                 "point_labels": labels,
-                "mask_input": np.zeros((1, 1, size, size), dtype=np.float32),
-                "has_mask_input": np.zeros(1, dtype=np.float32),
+                "mask_input": mask,
+                "has_mask_input": has_mask,
             }
         )
         low_res, iou = out["low_res_masks"], out["iou_predictions"]
-        n_sets = coords.shape[0]
+        n_sets, size = coords.shape[0], self.low_res_size
         if low_res.shape != (n_sets, NUM_MASK_OUTPUTS, size, size) or iou.shape != (n_sets, NUM_MASK_OUTPUTS):
             raise RuntimeError(
                 f"decoder returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
