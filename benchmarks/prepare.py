@@ -57,14 +57,6 @@ def code_hash(files: list[Path], packages: tuple[str, ...]) -> str:
     return digest.hexdigest()[:12]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _export_dir() -> Path:
     import fastseg_export
 
@@ -197,6 +189,7 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
     """
     from fastseg.manifest import load_model_folder
     from fastseg.registry import get_spec
+    from fastseg_export.common import sha256_file
 
     name = job["model"]
     spec = get_spec(name)
