@@ -88,5 +88,6 @@ def test_wrong_family(tmp_path: Path) -> None:
 
 
 def test_unknown_model_name_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown model 'sam_vit_x'; expected one of: fastsam_s, fastsam_x, mobile_sam"):
+    expected = "unknown model 'sam_vit_x'; expected one of: fastsam_s, fastsam_x, mobile_sam"
+    with pytest.raises(ValueError, match=expected):
         get_spec("sam_vit_x")

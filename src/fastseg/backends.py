@@ -73,7 +73,8 @@ class OpenVINOSession:
     def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
         # The request reuses its output buffers: copy so results survive the next call.
-        return {name: self._request.get_tensor(port).data.copy() for name, port in zip(self.output_names, self._outputs)}
+        request = self._request
+        return {name: request.get_tensor(port).data.copy() for name, port in zip(self.output_names, self._outputs)}
 
 
 class OnnxRuntimeSession:
