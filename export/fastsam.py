@@ -19,10 +19,7 @@ file references (:data:`ALLOWED_GLOBALS`), never with unrestricted pickle.
 from __future__ import annotations
 
 import copy
-import io
-import os
 import pickle
-import tempfile
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -32,7 +29,7 @@ from torch import nn
 
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, MAX_DET, PAD_VALUE, preprocess
 from fastseg.registry import ModelSpec
-from fastseg_export.common import CheckpointError, Graph, load_allowlisted
+from fastseg_export.common import CheckpointError, Graph, atomic_torch_save, load_allowlisted
 
 #: ultralytics model YAML and the structure that tells the two variants apart: output channels of the
 #: stem convolution and number of bottlenecks in the first C2f (width and depth multipliers).
@@ -284,20 +281,7 @@ def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
         "optimizer": None,
         "train_args": train_args,
     }
-    # Serialised through a buffer, as ultralytics' trainer does: the archive's inner folder is then
-    # "archive" rather than the (temporary) file name, so the bytes depend on the seed alone.
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(checkpoint, path)
 
 
 # ------------------------------------------------------------------------------------------------

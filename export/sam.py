@@ -21,8 +21,6 @@ for the measurements behind that choice.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,13 @@ import torch
 from torch import nn
 
 from fastseg.registry import ModelSpec
-from fastseg_export.common import CheckpointError, Graph, check_state_dict_matches, load_state_dict
+from fastseg_export.common import (
+    CheckpointError,
+    Graph,
+    atomic_torch_save,
+    check_state_dict_matches,
+    load_state_dict,
+)
 
 #: ``segment_anything`` / ``mobile_sam`` registry key of each fastseg model name.
 _ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "mobile_sam": "vit_t"}
@@ -109,19 +113,7 @@ def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
                 if name.endswith("attention_biases"):
                     param.normal_(0.0, 1.0)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object, not a path: torch.save then names the archive "archive" instead of after
-            # the (random) temporary file name, so the bytes depend on the seed only.
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(state, path)
 
 
 class SamEncoder(nn.Module):
