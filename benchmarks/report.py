@@ -31,6 +31,8 @@ MEASURES = {
     "click_ms": "click",
     "cold_start_s": "cold_start",
 }
+#: The same for the everything-mode section.
+EVERYTHING_MEASURES = {"everything_ms": "everything"}
 
 RANDOM_WEIGHTS_NOTE = (
     "Timings on random weights equal timings on real weights: the graphs, tensor shapes and amount of "
@@ -43,12 +45,17 @@ RANDOM_WEIGHTS_NOTE = (
 # ---------------------------------------------------------------------------------------------- ratios
 
 
-def compute_speedups(model: dict[str, Any], baseline_path: str = "pytorch") -> None:
+def compute_speedups(
+    model: dict[str, Any], baseline_path: str = "pytorch", measures: dict[str, str] | None = None
+) -> None:
     """Fill ``paths[p]["speedup"]`` for every successful path of ``model``: baseline figure / path figure.
 
-    Times use the medians (``end_to_end_min`` also compares the minima); ``peak_rss`` is the baseline's
-    peak RSS divided by the path's. A measure missing on either side gives None.
+    ``measures`` maps result keys to speed-up keys (default :data:`MEASURES`; the everything-mode
+    section passes its own). Times use the medians (``end_to_end_min`` also compares the minima of
+    ``end_to_end_ms``); ``peak_rss`` is the baseline's peak RSS divided by the path's. A measure missing
+    on either side gives None.
     """
+    measures = MEASURES if measures is None else measures
     paths = model.get("paths", {})
     base = paths.get(baseline_path)
     base_ok = base is not None and base.get("status") == "ok"
@@ -56,23 +63,24 @@ def compute_speedups(model: dict[str, Any], baseline_path: str = "pytorch") -> N
         if result.get("status") != "ok":
             continue
         ratios: dict[str, float | None] = {}
-        for key, name in MEASURES.items():
+        for key, name in measures.items():
             ours = (result.get(key) or {}).get("median")
             theirs = (base.get(key) or {}).get("median") if base_ok else None
             ratios[name] = speedup(theirs, ours)
-        ours_min = (result.get("end_to_end_ms") or {}).get("min")
-        theirs_min = (base.get("end_to_end_ms") or {}).get("min") if base_ok else None
-        ratios["end_to_end_min"] = speedup(theirs_min, ours_min)
+        if "end_to_end_ms" in measures:
+            ours_min = (result.get("end_to_end_ms") or {}).get("min")
+            theirs_min = (base.get("end_to_end_ms") or {}).get("min") if base_ok else None
+            ratios["end_to_end_min"] = speedup(theirs_min, ours_min)
         ratios["peak_rss"] = speedup(base.get("peak_rss_mib") if base_ok else None, result.get("peak_rss_mib"))
         result["speedup"] = ratios
 
 
-def fastseg_vs_ultralytics(model: dict[str, Any]) -> dict[str, Any] | None:
+def fastseg_vs_ultralytics(model: dict[str, Any], key: str = "end_to_end_ms") -> dict[str, Any] | None:
     """FastSAM: fastseg OpenVINO at the precision ultralytics' OpenVINO path ran at, against that path.
 
-    Returns ``{"precision", "ultralytics_ms", "fastseg_path", "fastseg_ms", "speedup"}`` (medians,
-    end to end), or None when either side is missing or ultralytics ran at a precision fastseg has no
-    path for.
+    Returns ``{"precision", "ultralytics_ms", "fastseg_path", "fastseg_ms", "speedup"}`` (medians of
+    ``key``: end to end, or ``everything_ms`` for the everything-mode section), or None when either
+    side is missing or ultralytics ran at a precision fastseg has no path for.
     """
     paths = model.get("paths", {})
     ultra = paths.get("ultralytics-openvino")
@@ -83,8 +91,8 @@ def fastseg_vs_ultralytics(model: dict[str, Any]) -> dict[str, Any] | None:
     ours = paths.get(ours_name) if ours_name else None
     if not ours or ours.get("status") != "ok":
         return None
-    theirs_ms = ultra["end_to_end_ms"]["median"]
-    ours_ms = ours["end_to_end_ms"]["median"]
+    theirs_ms = ultra[key]["median"]
+    ours_ms = ours[key]["median"]
     return {
         "precision": precision,
         "ultralytics_ms": theirs_ms,
@@ -171,6 +179,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append(
         f"- **runs per path:** {config['warmup']} warm-up, then {config['repeats']} end-to-end runs, "
         f"{config['click_repeats']} clicks, {_plural(config['cold_starts'], 'cold start')}"
+        + (f", {_plural(config['everything_repeats'], 'everything-mode run')} after a one-point warm-up"
+           if config.get("everything_repeats") else "")
         + (" (--quick)" if config.get("quick") else "")
         + "; each path in its own process"
     )
@@ -225,14 +235,18 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {fmt_pct(agreement['pixels_pct'])} | {fmt_pct(agreement['iou_pct'])} | "
                          f"{agreement['compared']} ({agreement['count'][0]} vs {agreement['count'][1]}) |")
 
-    versus = [(name, m["fastseg_vs_ultralytics"]) for name, m in results["models"].items()
-              if m.get("fastseg_vs_ultralytics")]
+    lines += _everything_table(results, failures)
+
+    versus = [(name, mode, v) for name, m in results["models"].items()
+              for mode, v in (("one point, end to end", m.get("fastseg_vs_ultralytics")),
+                              ("everything", (m.get("everything") or {}).get("fastseg_vs_ultralytics"))) if v]
     if versus:
         lines += ["", "### FastSAM: fastseg vs ultralytics' own OpenVINO export, same precision", "",
-                  "| model | precision | ultralytics OpenVINO ms | fastseg ms | × |", "|---|---|--:|--:|--:|"]
-        for name, v in versus:
-            lines.append(f"| {name} | {v['precision']} | {fmt_ms(v['ultralytics_ms'])} | {fmt_ms(v['fastseg_ms'])} | "
-                         f"{fmt_ratio(v['speedup'])} |")
+                  "| model | task | precision | ultralytics OpenVINO ms | fastseg ms | × |",
+                  "|---|---|---|--:|--:|--:|"]
+        for name, mode, v in versus:
+            lines.append(f"| {name} | {mode} | {v['precision']} | {fmt_ms(v['ultralytics_ms'])} | "
+                         f"{fmt_ms(v['fastseg_ms'])} | {fmt_ratio(v['speedup'])} |")
 
     notes = sorted({m["paths"]["ultralytics-openvino"]["precision_note"] for m in results["models"].values()
                     if m.get("paths", {}).get("ultralytics-openvino", {}).get("precision_note")})
@@ -243,6 +257,47 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", "### Failures", ""] + [f"- {_escape(f)}" for f in failures]
     lines.append("")
     return "\n".join(lines)
+
+
+def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]:
+    """The everything-mode section: one row per model and path (appends failed paths to ``failures``)."""
+    sections = {name: m["everything"] for name, m in results["models"].items() if m.get("everything")}
+    if not sections:
+        return []
+    points = sorted({s["params"].get("points_per_side") for s in sections.values() if s["params"]})
+    grid = f"points_per_side {', '.join(map(str, points))}" if points else ""
+    lines = ["", "### Everything mode (automatic masks, whole image)", "",
+             f"SAM family: `SamAutomaticMaskGenerator` and `Predictor.everything` at the original's defaults"
+             f"{f' ({grid})' if grid else ''}; FastSAM: every detection after NMS (conf 0.4, iou 0.9, retina masks). "
+             "Time from the image in memory (encoding included) to all masks; × against the PyTorch original; "
+             "matched: the original's masks with a one-to-one counterpart at IoU >= 0.98.", "",
+             "| model | path | precision | everything s | × | masks | matched to PyTorch | peak RSS MiB | × |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    for name, section in sections.items():
+        for path, result in section["paths"].items():
+            label = PATH_LABELS.get(path, path)
+            if result.get("status") != "ok":
+                failures.append(f"{name} / {path} everything: {result.get('error')}")
+                lines.append(f"| {name} | {label} | | failed (see below) |" + " |" * 5)
+                continue
+            ratio = result.get("speedup", {})
+            agreement = result.get("masks_vs_pytorch")
+            summary = result["everything_ms"]
+            cells = [
+                name,
+                label,
+                str(result.get("precision", "")),
+                f"{fmt_s(summary['median'] / 1000)} ({fmt_s(summary['min'] / 1000)})",
+                fmt_ratio(ratio.get("everything")),
+                str(result["masks"]),
+                "reference" if path == "pytorch" else (
+                    f"{agreement['matched']} / {agreement['count'][1]} ({fmt_pct(agreement['matched_pct'])})"
+                    if agreement else "—"),
+                f"{result['peak_rss_mib']:,.0f}",
+                fmt_ratio(ratio.get("peak_rss")),
+            ]
+            lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ JSON
@@ -285,15 +340,24 @@ def render_chart(results: dict[str, Any], path: Path) -> Path:
     paths = [p for p in PATH_LABELS if any(p in results["models"][n]["paths"] for n in models)]
     panels = [("end_to_end_ms", "end_to_end", "End to end: image in memory → full-resolution mask"),
               ("click_ms", "click", "One more click on an image already set")]
+    if any(results["models"][n].get("everything") for n in models):
+        panels.append(("everything_ms", "everything", "Everything mode: image in memory → all automatic masks"))
+
+    def result_of(name: str, path: str, key: str) -> dict[str, Any] | None:
+        model = results["models"][name]
+        section = (model.get("everything") or {}) if key == "everything_ms" else model
+        return section.get("paths", {}).get(path)
+
     # One panel above the other, full width: five labelled bars per model stay legible side by side.
-    fig, axes = plt.subplots(2, 1, figsize=(max(9.0, 3.6 * len(models) + 2), 11), constrained_layout=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(9.0, 3.6 * len(models) + 2), 5.5 * len(panels)),
+                             constrained_layout=True)
     width = 0.8 / max(len(paths), 1)
     for ax, (key, ratio_key, title) in zip(axes, panels):
         values_seen: list[float] = []
         for j, p in enumerate(paths):
             xs, heights, labels = [], [], []
             for i, name in enumerate(models):
-                result = results["models"][name]["paths"].get(p)
+                result = result_of(name, p, key)
                 if not result or result.get("status") != "ok" or not result.get(key):
                     continue
                 median = result[key]["median"]
@@ -332,7 +396,7 @@ def render_chart(results: dict[str, Any], path: Path) -> Path:
     h, w = results["image"]["size"]
     fig.suptitle(
         f"fastseg bench — {results['machine'].get('cpu_model')}, {results['machine'].get('logical_cores')} cores; "
-        f"{w}×{h} photo, one point prompt\n{weight_text}\n"
+        f"{w}×{h} photo, one point prompt{' and everything mode' if len(panels) == 3 else ''}\n{weight_text}\n"
         "bold label: the PyTorch original's time; other labels: speed-up against it (higher is better)",
         fontsize=10,
     )

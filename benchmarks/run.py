@@ -32,6 +32,7 @@ from fastseg.registry import REGISTRY, get_spec
 from fastseg_bench.machine import describe_machine
 from fastseg_bench.prepare import default_cache_root
 from fastseg_bench.report import (
+    EVERYTHING_MEASURES,
     SCHEMA,
     compute_speedups,
     fastseg_vs_ultralytics,
@@ -39,13 +40,15 @@ from fastseg_bench.report import (
     render_markdown,
     to_json,
 )
-from fastseg_bench.stats import mask_agreement, summarize
+from fastseg_bench.stats import everything_agreement, mask_agreement, summarize
 from fastseg_bench.worker import PATHS
 
 DEFAULT_MODELS = ("sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x")
-#: (warm-up, end-to-end runs, clicks, cold starts) for a full and a --quick run.
-FULL_RUNS = (1, 5, 20, 3)
-QUICK_RUNS = (1, 2, 5, 1)
+#: (warm-up, end-to-end runs, clicks, cold starts, everything runs) for a full and a --quick run.
+FULL_RUNS = (1, 5, 20, 3, 1)
+QUICK_RUNS = (1, 2, 5, 1, 1)
+#: SamAutomaticMaskGenerator's default grid: 32 x 32 points.
+DEFAULT_EVERYTHING_POINTS = 32
 DEFAULT_IMAGE_SIZE = (1620, 1080)  # (W, H): 1080p height, the 3:2 aspect of skimage's coffee
 OUTPUT_FILES = {"markdown": "bench.md", "json": "bench.json", "chart": "bench.png"}
 
@@ -66,6 +69,8 @@ class BenchConfig:
     repeats: int
     click_repeats: int
     cold_starts: int
+    everything_repeats: int
+    everything_points: int
     image: Path | None
     point: tuple[float, float] | None
     checkpoints: dict[str, Path] = field(default_factory=dict)
@@ -162,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=_count(1), help="timed end-to-end runs per path")
     parser.add_argument("--click-repeats", type=_count(1), help="timed 'one more click' runs per path")
     parser.add_argument("--cold-starts", type=_count(0), help="fresh processes timed to their first mask (0: skip)")
+    parser.add_argument("--everything-repeats", type=_count(0),
+                        help=f"timed everything-mode runs per path (automatic masks; default {full[4]}; 0: skip)")
+    parser.add_argument("--everything-points", type=_count(1), default=DEFAULT_EVERYTHING_POINTS, metavar="N",
+                        help="SAM family everything mode: points_per_side of the grid (default "
+                             f"{DEFAULT_EVERYTHING_POINTS}, the original generator's; other parameters stay at "
+                             "their defaults)")
     parser.add_argument("--image", type=Path, metavar="PATH",
                         help="photo to use (default: skimage.data.coffee() resized to 1620x1080 with PIL bicubic)")
     parser.add_argument("--point", type=_point, metavar="X,Y", help="the positive point (default: image centre)")
@@ -213,6 +224,8 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         repeats=runs[1] if args.repeats is None else args.repeats,
         click_repeats=runs[2] if args.click_repeats is None else args.click_repeats,
         cold_starts=runs[3] if args.cold_starts is None else args.cold_starts,
+        everything_repeats=runs[4] if args.everything_repeats is None else args.everything_repeats,
+        everything_points=args.everything_points,
         image=args.image,
         point=args.point,
         checkpoints=checkpoints,
@@ -388,6 +401,43 @@ def model_agreements(model: dict[str, Any], masks: dict[str, Path]) -> None:
             result["mask_vs_pytorch"] = mask_agreement(loaded[path], loaded["pytorch"], per_mask)
 
 
+def bench_everything(name: str, family: str, paths: list[str], config: BenchConfig, work: Path,
+                     job_base: dict[str, Any]) -> dict[str, Any]:
+    """Everything mode on each of ``paths``, one process each: time, mask count, peak RSS, masks vs PyTorch's."""
+    params = {"points_per_side": config.everything_points} if family == "sam" else {}
+    section: dict[str, Any] = {"params": params, "paths": {}}
+    rles: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        tag = f"{name}-{path}-everything"
+        out = work / f"{tag}.rles.json"
+        log(f"{name} / {path}: everything mode ({config.everything_repeats} timed run(s) after a one-point warm-up)")
+        job = dict(job_base, path=path, mask=str(out), everything_params=params,
+                   everything_repeats=config.everything_repeats)
+        measured, _ = run_child("everything", job, work, tag, config.timeout)
+        if measured.get("status") != "ok":
+            section["paths"][path] = {"status": "failed", "error": measured.get("error")}
+            continue
+        info = measured.get("info", {})
+        section["paths"][path] = {
+            "status": "ok",
+            "api": info.get("api"),
+            "precision": info.get("precision"),
+            "everything_ms": summarize([v * 1000 for v in measured["everything_s"]]),
+            "masks": measured["masks"],
+            "peak_rss_mib": measured["peak_rss_mib"],
+        }
+        rles[path] = json.loads(out.read_text(encoding="utf-8"))["rles"]
+        out.unlink()
+    for path, result in section["paths"].items():
+        if result.get("status") == "ok" and path != "pytorch" and "pytorch" in rles:
+            result["masks_vs_pytorch"] = everything_agreement(rles[path], rles["pytorch"])
+    compute_speedups(section, measures=EVERYTHING_MEASURES)
+    section["fastseg_vs_ultralytics"] = (
+        fastseg_vs_ultralytics(section, key="everything_ms") if family == "fastsam" else None
+    )
+    return section
+
+
 def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
                 point: tuple[float, float]) -> dict[str, Any]:
     spec = get_spec(name)
@@ -452,6 +502,9 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
         f.unlink(missing_ok=True)
     compute_speedups(model)
     model["fastseg_vs_ultralytics"] = fastseg_vs_ultralytics(model) if spec.family == "fastsam" else None
+    if config.everything_repeats:
+        ready = [p for p in paths if model["paths"].get(p, {}).get("status") == "ok"]
+        model["everything"] = bench_everything(name, spec.family, ready, config, work, job_base)
     return model
 
 
@@ -463,6 +516,8 @@ def count_failures(results: dict[str, Any]) -> int:
             continue
         for result in model["paths"].values():
             failures += result.get("status") != "ok" or bool(result.get("cold_start_error"))
+        for result in (model.get("everything") or {}).get("paths", {}).values():
+            failures += result.get("status") != "ok"
     return failures
 
 

@@ -92,3 +92,39 @@ def mask_agreement(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_], per_mask:
     iou = float(np.count_nonzero(ua & ub)) / union if union else 1.0
     count = (int(a.shape[0]) if a.ndim == 3 else 1, int(b.shape[0]) if b.ndim == 3 else 1)
     return {"pixels_pct": 100.0 * equal, "iou_pct": 100.0 * iou, "compared": compared, "count": count}
+
+
+def everything_agreement(
+    ours: list[dict[str, Any]], reference: list[dict[str, Any]], iou_threshold: float = 0.98
+) -> dict[str, Any]:
+    """How many of the reference's everything-mode masks have a counterpart among ours.
+
+    Masks are COCO RLE dicts (``fastseg.rle.encode``). Reference masks are matched one-to-one to ours
+    in order of decreasing IoU (pycocotools' IoU on the RLEs, no decoding); a pair counts when its
+    IoU is ``>= iou_threshold`` (0.98: the everything parity tests' criterion).
+
+    Returns:
+        ``{"count": (len(ours), len(reference)), "matched": n, "matched_pct": % of the reference's masks
+        matched (100 when both are empty, 0 when only ours is), "iou_threshold": iou_threshold}``.
+    """
+    from pycocotools import mask as mask_api
+
+    def coded(rles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+                 else r["counts"]} for r in rles]
+
+    matched = 0
+    if ours and reference:
+        iou = np.asarray(mask_api.iou(coded(ours), coded(reference), [0] * len(reference)), dtype=np.float64)
+        iou = iou.reshape(len(ours), len(reference))
+        used_ours, used_ref = np.zeros(len(ours), bool), np.zeros(len(reference), bool)
+        for flat in np.argsort(-iou, axis=None, kind="stable"):
+            i, j = divmod(int(flat), len(reference))
+            if iou[i, j] < iou_threshold:
+                break
+            if not (used_ours[i] or used_ref[j]):
+                used_ours[i] = used_ref[j] = True
+                matched += 1
+    pct = 100.0 * matched / len(reference) if reference else (100.0 if not ours else 0.0)
+    return {"count": (len(ours), len(reference)), "matched": matched, "matched_pct": pct,
+            "iou_threshold": iou_threshold}

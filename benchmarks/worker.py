@@ -7,6 +7,8 @@ names the model, the path and the files; the result is written as JSON to ``job[
 Modes:
     ``measure``  load, warm up, time end-to-end runs and clicks, read the peak RSS, save the mask.
     ``cold``     load and produce one mask, then stop: the parent times the process from its spawn.
+    ``everything``  load, warm the network up with one point prompt, time automatic mask generation
+                 (everything mode) at the original's defaults, read the peak RSS, save the masks as RLE.
     ``prepare``  build or reuse the checkpoint and the exported model folders (see ``prepare.py``).
 
 Only the standard library and numpy are imported at the top: the fastseg paths must not pay for (or
@@ -72,13 +74,14 @@ class SamTorchRunner:
         if model not in SAM_ARCH:
             raise ValueError(f"no PyTorch SAM architecture for {model!r}; expected one of {sorted(SAM_ARCH)}")
         if model == "mobile_sam":
-            from mobile_sam import SamPredictor, sam_model_registry
+            from mobile_sam import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
             self.api = "mobile_sam.SamPredictor"
         else:
-            from segment_anything import SamPredictor, sam_model_registry
+            from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
             self.api = "segment_anything.SamPredictor"
+        self._generator_class = SamAutomaticMaskGenerator
         sam = sam_model_registry[SAM_ARCH[model]](checkpoint=job["checkpoint"])
         sam.eval()
         self.predictor = SamPredictor(sam)
@@ -117,6 +120,12 @@ class SamTorchRunner:
 
     def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
         return self._predict(point)
+
+    def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
+        generator = self._generator_class(self.predictor.model, **params)
+        records = generator.generate(image)
+        h, w = image.shape[:2]
+        return np.array([r["segmentation"] for r in records], dtype=bool).reshape(len(records), h, w)
 
     def info(self) -> dict[str, Any]:
         return {"api": self.api, "precision": "f32", "threads": self._threads,
@@ -167,6 +176,11 @@ class UltralyticsFastSamRunner:
     def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
         results = self.model.predictor.prompt(self._everything, points=[list(point)], labels=[1])
         return self._masks(results[0])
+
+    def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
+        if params:
+            raise ValueError(f"ultralytics FastSAM everything takes no SAM generator parameters, got {sorted(params)}")
+        return self._masks(self.model.predict(image, **FASTSAM_PREDICT)[0])  # no prompt: every detection
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"api": self.api, "threads": self._threads,
@@ -275,6 +289,12 @@ class FastsegRunner:
 
     def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
         return self._predict(point)
+
+    def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
+        from fastseg.everything import records_to_masks
+
+        records = self.predictor.everything(image, **params)
+        return records_to_masks(records, (int(image.shape[0]), int(image.shape[1])))
 
     def info(self) -> dict[str, Any]:
         compiled = {g: s.inference_precision() for g, s in self._sessions.items()}
@@ -386,9 +406,48 @@ def cold(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def everything(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything mode: ``job["everything_repeats"]`` timed runs after a one-point warm-up of the network.
+
+    A whole everything run as warm-up would double the longest step of the benchmark (minutes for the
+    PyTorch originals); the point prompt warms the network, and the decoder/NMS code is warm after the
+    first of its many batches. The masks of the last run are saved as COCO RLE in ``job["mask"]``.
+    """
+    from fastseg.rle import encode
+
+    image = np.load(job["image"])
+    point = (float(job["point"][0]), float(job["point"][1]))
+    params = dict(job["everything_params"]) if job["family"] == "sam" else {}
+    label = f"{_label(job)} everything"
+    log(f"{label}: loading")
+    runner = make_runner(job)
+    native = runner.prepare_image(image)
+    runner.end_to_end(native, point)
+    times: list[float] = []
+    masks = None
+    for i in range(job["everything_repeats"]):
+        start = time.perf_counter()
+        masks = runner.everything(native, params)
+        times.append(time.perf_counter() - start)
+        log(f"{label} {i + 1}/{job['everything_repeats']}: {times[-1]:,.1f} s, {len(masks)} masks")
+    assert masks is not None  # everything_repeats >= 1 is checked by the parent
+    rss = peak_rss_mib()
+    rles = encode(masks) if len(masks) else []
+    Path(job["mask"]).write_text(json.dumps({"size": list(image.shape[:2]), "rles": rles}), encoding="utf-8")
+    return {
+        "status": "ok",
+        "everything_s": times,
+        "masks": len(masks),
+        "peak_rss_mib": rss,
+        "params": params,
+        "info": runner.info(),
+    }
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("measure", "cold", "prepare"):
-        print(f"usage: python -m fastseg_bench.worker measure|cold|prepare JOB.json (got {argv})", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("measure", "cold", "everything", "prepare"):
+        print(f"usage: python -m fastseg_bench.worker measure|cold|everything|prepare JOB.json (got {argv})",
+              file=sys.stderr)
         return 2
     mode, job_path = argv
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
@@ -397,6 +456,8 @@ def main(argv: list[str]) -> int:
             result = measure(job)
         elif mode == "cold":
             result = cold(job)
+        elif mode == "everything":
+            result = everything(job)
         else:
             from fastseg_bench.prepare import prepare_model
 

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastseg.rle import encode
 from fastseg_bench import run as bench_run
 from fastseg_bench.machine import machine_line, parse_cpuinfo, parse_meminfo
 from fastseg_bench.report import (
+    EVERYTHING_MEASURES,
     PATH_LABELS,
     compute_speedups,
     fastseg_vs_ultralytics,
@@ -30,7 +32,7 @@ from fastseg_bench.report import (
     render_markdown,
     to_json,
 )
-from fastseg_bench.stats import mask_agreement, speedup, summarize
+from fastseg_bench.stats import everything_agreement, mask_agreement, speedup, summarize
 from fastseg_bench.worker import PATHS, TimedSession
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -112,6 +114,16 @@ def _path(e2e: float, net: float, click: float, cold: float, rss: float, precisi
     }
 
 
+def _everything(ms: float, masks: int, rss: float, precision: str = "f32", matched: int | None = None,
+                of: int | None = None) -> dict[str, Any]:
+    result = {"status": "ok", "api": "x", "precision": precision, "everything_ms": _summary(ms, ms), "masks": masks,
+              "peak_rss_mib": rss}
+    if matched is not None:
+        result["masks_vs_pytorch"] = {"count": [masks, of], "matched": matched, "matched_pct": 100.0 * matched / of,
+                                      "iou_threshold": 0.98}
+    return result
+
+
 def fake_results() -> dict[str, Any]:
     sam = {
         "status": "ok", "family": "sam", "weights": "random weights (seed 0)",
@@ -140,7 +152,8 @@ def fake_results() -> dict[str, Any]:
     broken = {"status": "failed", "family": "sam", "error": "FileNotFoundError: no recipe", "paths": {}}
     results = {
         "schema": "fastseg-bench/1",
-        "config": {"warmup": 1, "repeats": 3, "click_repeats": 10, "cold_starts": 1, "quick": False},
+        "config": {"warmup": 1, "repeats": 3, "click_repeats": 10, "cold_starts": 1, "everything_repeats": 1,
+                   "quick": False},
         "machine": {
             "cpu_model": "Test CPU 9000", "logical_cores": 2, "physical_cores": 2, "usable_cores": 2,
             "ram_bytes": 24 * 2**30, "flags": {"AVX-512": True, "AVX-512 BF16": True, "AVX-512 VNNI": True,
@@ -152,10 +165,22 @@ def fake_results() -> dict[str, Any]:
         "prompt": {"point": [810.0, 540.0], "label": 1},
         "models": {"mobile_sam": sam, "fastsam_s": fastsam, "sam_vit_b": broken},
     }
+    sam["everything"] = {"params": {"points_per_side": 32}, "paths": {
+        "pytorch": _everything(110_000.0, 40, 2000.0),
+        "fastseg-openvino-bf16": _everything(20_000.0, 40, 800.0, "bf16", 39, 40),
+    }}
+    fastsam["everything"] = {"params": {}, "paths": {
+        "pytorch": _everything(900.0, 120, 1500.0),
+        "ultralytics-openvino": _everything(400.0, 120, 1000.0, "bf16", 120, 120),
+        "fastseg-openvino-bf16": _everything(250.0, 119, 500.0, "bf16", 119, 120),
+        "fastseg-openvino-f32": {"status": "failed", "error": "MemoryError: everything"},
+    }}
     for model in (sam, fastsam):
         compute_speedups(model)
+        compute_speedups(model["everything"], measures=EVERYTHING_MEASURES)
     fastsam["fastseg_vs_ultralytics"] = fastseg_vs_ultralytics(fastsam)
-    sam["fastseg_vs_ultralytics"] = None
+    fastsam["everything"]["fastseg_vs_ultralytics"] = fastseg_vs_ultralytics(fastsam["everything"], "everything_ms")
+    sam["fastseg_vs_ultralytics"] = sam["everything"]["fastseg_vs_ultralytics"] = None
     return results
 
 
@@ -170,6 +195,10 @@ def test_compute_speedups() -> None:
     assert bf16["peak_rss"] == pytest.approx(3.0)
     assert results["models"]["mobile_sam"]["paths"]["pytorch"]["speedup"]["end_to_end"] == 1.0
     assert "speedup" not in results["models"]["fastsam_s"]["paths"]["fastseg-onnxruntime"]  # failed path
+    everything = results["models"]["mobile_sam"]["everything"]["paths"]["fastseg-openvino-bf16"]["speedup"]
+    assert everything == {"everything": pytest.approx(5.5), "peak_rss": pytest.approx(2.5)}
+    versus = results["models"]["fastsam_s"]["everything"]["fastseg_vs_ultralytics"]
+    assert versus["fastseg_path"] == "fastseg-openvino-bf16" and versus["speedup"] == pytest.approx(1.6)
 
 
 def test_speedups_without_a_baseline_are_none() -> None:
@@ -223,13 +252,40 @@ def test_markdown_table() -> None:
     assert "| sam_vit_b | (all) | | failed: FileNotFoundError: no recipe |" in md
     assert "- fastsam_s / fastseg-onnxruntime: RuntimeError: boom in ORT" in md
     assert "| mobile_sam | 99.50% | 99.00% | masks (3 vs 3) |" in md
-    assert "| fastsam_s | bf16 | 260 | 200 | 1.30× |" in md
+    assert "| fastsam_s | one point, end to end | bf16 | 260 | 200 | 1.30× |" in md
+    assert "| fastsam_s | everything | bf16 | 400 | 250 | 1.60× |" in md
+    everything = md.split("### Everything mode")[1].split("###")[0]
+    assert "points_per_side 32" in everything and "1 everything-mode run after a one-point warm-up" in md
+    assert ("| mobile_sam | fastseg OpenVINO bf16 | bf16 | 20.0 (20.0) | 5.50× | 40 | 39 / 40 (97.50%) | 800 | "
+            "2.50× |") in everything
+    assert "| mobile_sam | PyTorch original | f32 | 110.0 (110.0) | 1.00× | 40 | reference | 2,000 | 1.00× |" in (
+        everything)
+    assert "| fastsam_s | fastseg OpenVINO f32 | | failed (see below) |" in everything
+    assert "- fastsam_s / fastseg-openvino-f32 everything: MemoryError: everything" in md
+    rows = [line for line in everything.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(rows) == 6 and all(line.count(" |") == 9 for line in rows), rows
     assert "ultralytics' OpenVINO path ran at bf16 (read back)" in md
     # every row of the main table has the header's number of cells
     header = next(line for line in main_table if line.startswith("| model | path |"))
     for line in main_table:
         if line.startswith("| ") and not line.startswith("| model"):
             assert line.count(" |") == header.count(" |"), line
+
+
+def test_everything_agreement() -> None:
+    masks = np.zeros((3, 20, 30), dtype=bool)
+    masks[0, :5] = masks[1, 5:12, 3:20] = masks[2, 10:, 10:] = True
+    ref = np.stack([masks[2], masks[0]])
+    ref[1, 0, 0] = False  # IoU 149/150 with masks[0]
+    found = everything_agreement(encode(masks), encode(ref))
+    assert found == {"count": (3, 2), "matched": 2, "matched_pct": 100.0, "iou_threshold": 0.98}
+    strict = everything_agreement(encode(masks), encode(ref), iou_threshold=0.999)
+    assert (strict["matched"], strict["matched_pct"]) == (1, 50.0)
+    twice = everything_agreement(encode(masks[:1]), encode(np.stack([masks[0], masks[0]])))
+    assert twice["matched"] == 1  # one-to-one: a mask of ours counts once
+    assert everything_agreement([], [])["matched_pct"] == 100.0
+    assert everything_agreement(encode(masks), [])["matched_pct"] == 0.0
+    assert everything_agreement([], encode(ref))["matched_pct"] == 0.0
 
 
 def test_json_round_trip_and_refuses_nan() -> None:
@@ -290,7 +346,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = bench_run.parse_args([])
     assert config.models == ["sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x"]
     assert config.paths == list(PATHS)
-    assert (config.warmup, config.repeats, config.click_repeats, config.cold_starts) == bench_run.FULL_RUNS
+    assert (config.warmup, config.repeats, config.click_repeats, config.cold_starts,
+            config.everything_repeats) == bench_run.FULL_RUNS
+    assert config.everything_points == 32
     assert config.cache == tmp_path / "bench" and config.out == Path("bench-results")
     assert config.image is None and config.point is None
     quick = bench_run.parse_args(["--quick", "--models", "mobile_sam,fastsam_s,mobile_sam", "--repeats", "4",
@@ -401,7 +459,8 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
     env = dict(os.environ, FASTSEG_CACHE=str(tmp_path / "cache"))  # compiled-model and bench caches of its own
     argv = [sys.executable, "-m", "fastseg.cli", "bench", "--quick", "--models", "mobile_sam",
             "--checkpoint", f"mobile_sam={random_checkpoint('mobile_sam')}",
-            "--model-dir", f"mobile_sam={exported_model('mobile_sam')}", "--out", str(out)]
+            "--model-dir", f"mobile_sam={exported_model('mobile_sam')}", "--out", str(out),
+            "--everything-points", "4"]  # a 4x4 grid keeps the everything-mode runs short
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     elapsed = time.perf_counter() - started
@@ -444,6 +503,17 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
         {"encoder": "bf16", "decoder": "bf16"}, {"encoder": "f32", "decoder": "f32"})  # f32 on CPUs without bf16
     assert 0 < model["bf16_vs_f32"]["pixels_pct"] <= 100
     assert model["paths"]["pytorch"]["speedup"]["end_to_end"] == 1.0
+
+    everything = model["everything"]
+    assert everything["params"] == {"points_per_side": 4} and "### Everything mode" in md
+    assert set(everything["paths"]) == set(model["paths"])
+    reference_masks = everything["paths"]["pytorch"]["masks"]
+    for name, path in everything["paths"].items():
+        assert path["status"] == "ok", (name, path)
+        assert path["everything_ms"]["n"] == 1 and 50 < path["peak_rss_mib"] < 20000
+        assert set(path["speedup"]) == {"everything", "peak_rss"}
+        if name != "pytorch":
+            assert path["masks_vs_pytorch"]["count"] == [path["masks"], reference_masks]
 
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG" and image.width > 800 and image.height > 400
