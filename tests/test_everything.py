@@ -368,16 +368,25 @@ class _Session:
 
 
 def _synthetic_engine() -> Any:
-    from fastseg.sam import DECODER_INPUTS, DECODER_OUTPUTS, SamEngine
+    from fastseg.sam import DECODER_IMAGE_OUTPUTS, DECODER_INPUTS, DECODER_OUTPUTS, POINT_DECODER_INPUTS, SamEngine
 
     encoder = _Session(("image",), ("image_embeddings",),
                        lambda f: {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32)})
     def decode(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(DECODER_OUTPUTS, _synthetic_decoder(feeds["point_coords"][:, 0].astype(np.float64))))
 
-    decoder = _Session(DECODER_INPUTS, DECODER_OUTPUTS, decode)
+    def refuse(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError("everything mode has no mask input: it must not run the general decoder")
+
+    sessions = {
+        "encoder": encoder,
+        "decoder": _Session(DECODER_INPUTS, DECODER_OUTPUTS, refuse),
+        "decoder_image": _Session(("image_embeddings",), DECODER_IMAGE_OUTPUTS,
+                                  lambda f: {n: np.zeros((1, 4096, 128), np.float32) for n in DECODER_IMAGE_OUTPUTS}),
+        "decoder_points": _Session(POINT_DECODER_INPUTS, DECODER_OUTPUTS, decode),
+    }
     folder = SimpleNamespace(spec=get_spec("mobile_sam"), name="synthetic", manifest={})
-    return SamEngine(folder, {"encoder": encoder, "decoder": decoder})
+    return SamEngine(folder, sessions)
 
 
 def _synthetic_sam() -> torch.nn.Module:

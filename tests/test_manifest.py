@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from fastseg.manifest import FORMAT, FORMAT_VERSION, ModelFolderError, load_model_folder, write_manifest
+from fastseg.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPHS_BY_FAMILY,
+    ModelFolderError,
+    load_model_folder,
+    write_manifest,
+)
 from fastseg.registry import REGISTRY, get_spec
 
 
@@ -15,7 +22,7 @@ def _folder(tmp_path: Path, name: str = "mobile_sam") -> Path:
     spec = get_spec(name)
     folder = tmp_path / name
     folder.mkdir()
-    graphs = {"sam": ("encoder", "decoder"), "fastsam": ("network",)}[spec.family]
+    graphs = GRAPHS_BY_FAMILY[spec.family]
     entries = {}
     for g in graphs:
         (folder / f"{g}.onnx").write_bytes(b"onnx" * 10)
@@ -76,7 +83,7 @@ def test_corrupt_manifest(tmp_path: Path) -> None:
     with pytest.raises(ModelFolderError, match="not a fastseg manifest"):
         load_model_folder(folder)
     (folder / "manifest.json").write_text(json.dumps({"format": FORMAT, "format_version": 99}))
-    with pytest.raises(ModelFolderError, match="format_version 99; this fastseg reads version 1"):
+    with pytest.raises(ModelFolderError, match="format_version 99; this fastseg reads version 2"):
         load_model_folder(folder)
 
 

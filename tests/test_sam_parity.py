@@ -263,12 +263,14 @@ def _prompt_kwargs(case: str, h: int, w: int) -> dict[str, Any]:
 
 
 def test_decoder_graph_module_matches_the_original_decoder(random_checkpoint) -> None:
-    """``SamDecoder`` (what is exported) == prompt encoder + mask decoder of the original, batched."""
-    from fastseg_export.sam import SamDecoder, load_model
+    """``SamDecoder`` and, without a mask input, ``SamDecoderImage`` -> ``SamPointDecoder`` (what is
+    exported) == prompt encoder + mask decoder of the original, batched."""
+    from fastseg_export.sam import SamDecoder, SamDecoderImage, SamPointDecoder, load_model
 
     spec = get_spec("mobile_sam")
     model = load_model(spec, random_checkpoint("mobile_sam"))
     decoder = SamDecoder(model).eval()
+    point_decoder = SamPointDecoder(model).eval()
     gen = torch.Generator().manual_seed(3)
     embedding = torch.randn(1, 256, 64, 64, generator=gen)
     points = torch.rand(3, 2, 2, generator=gen) * 1024
@@ -291,6 +293,10 @@ def test_decoder_graph_module_matches_the_original_decoder(random_checkpoint) ->
             got = decoder(embedding, coords, lab, m_in, has)
             torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
             torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-5)
+            if mask_input is None:
+                got = point_decoder(*SamDecoderImage(model).eval()(embedding), coords, lab)
+                torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
+                torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-5)
 
 
 def test_random_checkpoint_is_deterministic_and_official_format(tmp_path: Path, random_checkpoint) -> None:

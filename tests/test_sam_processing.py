@@ -281,9 +281,15 @@ def _engine(decoder_fn=None, name: str = "mobile_sam") -> rt.SamEngine:
                 low[i, k, : 20 * (k + 1) + i, : 20 * (k + 1) + i] = 1.0
         return {"low_res_masks": low, "iou_predictions": np.arange(b * 4, dtype=np.float32).reshape(b, 4)}
 
+    def image_side(feeds):
+        level = float(feeds["image_embeddings"].mean())
+        return {name: np.full((1, 4096, 8), level + i, np.float32) for i, name in enumerate(rt.DECODER_IMAGE_OUTPUTS)}
+
     sessions = {
         "encoder": _Session(("image",), ("image_embeddings",), encode),
         "decoder": _Session(rt.DECODER_INPUTS, rt.DECODER_OUTPUTS, decoder_fn or decode),
+        "decoder_image": _Session(("image_embeddings",), rt.DECODER_IMAGE_OUTPUTS, image_side),
+        "decoder_points": _Session(rt.POINT_DECODER_INPUTS, rt.DECODER_OUTPUTS, decoder_fn or decode),
     }
     return rt.SamEngine(folder, sessions)
 
@@ -298,9 +304,14 @@ def test_engine_result_layout_and_feeds() -> None:
     assert result.masks.shape == (6, 300, 451) and result.low_res_logits.shape == (6, 256, 256)
     assert result.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert result.scores.tolist() == [1, 2, 3, 5, 6, 7]  # masks 1..3 of each set
-    feeds = engine._decoder.calls[-1]
+    # without a mask input: decoder_points, fed decoder_image's outputs for this image (computed once)
+    assert engine._decoder.calls == [] and len(engine._decoder_image.calls) == 1
+    feeds = engine._decoder_points.calls[-1]
     assert feeds["point_coords"].shape == (2, 2, 2) and feeds["point_labels"].tolist() == [[2, 3], [2, 3]]
-    assert feeds["has_mask_input"].tolist() == [0.0] and feeds["mask_input"].shape == (1, 1, 256, 256)
+    level = float(engine.get_image_embedding().embedding.mean())
+    assert [float(feeds[n][0, 0, 0]) for n in rt.DECODER_IMAGE_OUTPUTS] == [float(np.float32(level + i))
+                                                                            for i in range(4)]
+    assert "mask_input" not in feeds
     # Mask 1 of set 0 is 1 on low-res [0, 40)^2, -1 elsewhere: > 0 up to 1024-grid position 159.5,
     # so the last photo pixel j inside has (j + 0.5) * input / original - 0.5 < 159.5.
     x2 = int(np.ceil(160 * 451 / 1024 - 0.5)) - 1
@@ -322,6 +333,7 @@ def test_engine_embedding_round_trip_and_refusals() -> None:
     other.set_image_embedding(emb)
     assert len(other.predict(np.array([[5.0, 5.0]], np.float32), np.array([1]), None, None, True)) == 3
     assert other._encoder.calls == []  # restored without encoding
+    assert len(other._decoder_image.calls) == 1  # the decoder's image side, recomputed from the embedding
     with pytest.raises(ValueError, match="made by 'mobile_sam'; this predictor runs 'sam_vit_b'"):
         _engine(name="sam_vit_b").set_image_embedding(emb)
     with pytest.raises(ValueError, match=r"must be float32 \(1, 256, 64, 64\), got float64"):
@@ -340,13 +352,18 @@ def test_engine_refuses_wrong_sessions_and_outputs() -> None:
     spec = get_spec("mobile_sam")
     folder = SimpleNamespace(spec=spec, name="mobile_sam", manifest={})
     enc = _Session(("image",), ("image_embeddings",), lambda f: {})
-    with pytest.raises(ValueError, match=r"missing \['decoder'\]"):
+    with pytest.raises(ValueError, match=r"missing \['decoder', 'decoder_image', 'decoder_points'\]"):
         rt.SamEngine(folder, {"encoder": enc})
+    image_side = _Session(("image_embeddings",), rt.DECODER_IMAGE_OUTPUTS, lambda f: {})
+    points = _Session(rt.POINT_DECODER_INPUTS, rt.DECODER_OUTPUTS, lambda f: {})
     bad = _Session(("image_embeddings", "point_coords"), rt.DECODER_OUTPUTS, lambda f: {})
     with pytest.raises(
         ValueError, match=r"decoder inputs must include .* missing \['point_labels', 'mask_input', 'has_mask_input'\]"
     ):
-        rt.SamEngine(folder, {"encoder": enc, "decoder": bad})
+        rt.SamEngine(folder, {"encoder": enc, "decoder": bad, "decoder_image": image_side, "decoder_points": points})
+    good = _Session(rt.DECODER_INPUTS, rt.DECODER_OUTPUTS, lambda f: {})
+    with pytest.raises(ValueError, match=r"decoder_points inputs must include .* missing \['image_keys', 'token_keys'"):
+        rt.SamEngine(folder, {"encoder": enc, "decoder": good, "decoder_image": image_side, "decoder_points": bad})
     fastsam = SimpleNamespace(spec=get_spec("fastsam_s"), name="fastsam_s", manifest={})
     with pytest.raises(ValueError, match="needs a SAM-family model, got 'fastsam_s'"):
         rt.SamEngine(fastsam, {"encoder": enc, "decoder": bad})
@@ -360,9 +377,12 @@ def test_engine_refuses_wrong_sessions_and_outputs() -> None:
     engine = _engine(decoder_fn=two_masks)
     engine.set_image(_image(30, 40))
     with pytest.raises(
-        RuntimeError, match=r"decoder returned low_res_masks \(1, 2, 256, 256\) .* expected \(1, 4, 256, 256\)"
+        RuntimeError, match=r"decoder_points returned low_res_masks \(1, 2, 256, 256\) .* expected \(1, 4, 256, 256\)"
     ):
         engine.predict(np.array([[5.0, 5.0]], np.float32), np.array([1]), None, None, True)
+    with pytest.raises(RuntimeError, match=r"^decoder returned low_res_masks \(1, 2, 256, 256\)"):  # with a mask input
+        engine.predict(np.array([[5.0, 5.0]], np.float32), np.array([1]), None, np.zeros((1, 256, 256), np.float32),
+                       True)
     engine = _engine()
     engine.set_image(_image(30, 40))
     with pytest.raises(
@@ -380,7 +400,7 @@ def test_engine_raw_decode_for_batched_callers() -> None:
     labels = np.tile(np.array([[1.0, -1.0]], np.float32), (5, 1))
     low_res, iou = engine.decode(coords, labels)
     assert low_res.shape == (5, 4, 256, 256) and iou.shape == (5, 4)
-    feeds = engine._decoder.calls[-1]
-    assert feeds["has_mask_input"].tolist() == [0.0] and feeds["point_coords"].shape == (5, 2, 2)
+    feeds = engine._decoder_points.calls[-1]
+    assert feeds["point_coords"].shape == (5, 2, 2) and set(feeds) == set(rt.POINT_DECODER_INPUTS)
     with pytest.raises(ValueError, match=r"point_coords must be \(B, N, 2\) with point_labels \(B, N\), got \(5, 2\)"):
         engine.decode(coords[:, 0], labels)

@@ -16,8 +16,8 @@ from fastseg.registry import ModelSpec, spec_from_dict
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "fastseg-model"
-FORMAT_VERSION = 1
-GRAPHS_BY_FAMILY = {"sam": ("encoder", "decoder"), "fastsam": ("network",)}
+FORMAT_VERSION = 2  # 2: SAM folders gained decoder_image and decoder_points
+GRAPHS_BY_FAMILY = {"sam": ("encoder", "decoder", "decoder_image", "decoder_points"), "fastsam": ("network",)}
 
 
 class ModelFolderError(ValueError):

@@ -1,4 +1,4 @@
-"""SAM and MobileSAM at run time: pre- and post-processing in numpy, the two graphs behind sessions.
+"""SAM and MobileSAM at run time: pre- and post-processing in numpy, the exported graphs behind sessions.
 
 Conventions (as ``segment_anything``):
 
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.manifest import GRAPHS_BY_FAMILY
 from fastseg.registry import ModelSpec
 from fastseg.results import SegmentationResult, masks_to_boxes
 
@@ -33,6 +34,9 @@ LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX
 
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+#: ``decoder_image`` (once per image) -> ``decoder_points`` (per prompt without a mask input).
+DECODER_IMAGE_OUTPUTS = ("image_keys", "token_keys", "token_values", "image_queries")
+POINT_DECODER_INPUTS = (*DECODER_IMAGE_OUTPUTS, "point_coords", "point_labels")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,32 +378,47 @@ class ImageEmbedding:
 
 
 class SamEngine:
-    """SAM / MobileSAM behind two sessions: ``encoder`` (once per image) and ``decoder`` (per prompt).
+    """SAM / MobileSAM behind four sessions, one per graph of the model folder.
+
+    ``encoder`` and ``decoder_image`` run once per image (the latter computes the image-only start of
+    the mask decoder); each prompt without a mask input runs ``decoder_points``, a prompt with a mask
+    input the general ``decoder``. Both decoders compute the same function (the export checks each
+    against PyTorch).
 
     Args:
         folder: a :class:`fastseg.manifest.ModelFolder` of the SAM family.
-        sessions: ``{"encoder": Session, "decoder": Session}`` (see :mod:`fastseg.backends`).
+        sessions: ``{"encoder", "decoder", "decoder_image", "decoder_points"}`` -> Session (see
+            :mod:`fastseg.backends`).
     """
+
+    GRAPHS = GRAPHS_BY_FAMILY["sam"]
 
     def __init__(self, folder: Any, sessions: dict[str, Any]) -> None:
         self.spec: ModelSpec = folder.spec
         self.model_name = str(folder.name) if hasattr(folder, "name") else self.spec.name
         if self.spec.family != "sam":
             raise ValueError(f"SamEngine needs a SAM-family model, got {self.spec.name!r} ({self.spec.family})")
-        missing = [g for g in ("encoder", "decoder") if g not in sessions]
+        missing = [g for g in self.GRAPHS if g not in sessions]
         if missing:
-            raise ValueError(f"SamEngine needs sessions for graphs encoder and decoder; missing {missing}")
+            raise ValueError(f"SamEngine needs sessions for graphs {list(self.GRAPHS)}; missing {missing}")
         self._encoder = sessions["encoder"]
         self._decoder = sessions["decoder"]
+        self._decoder_image = sessions["decoder_image"]
+        self._decoder_points = sessions["decoder_points"]
         _require_names(self._encoder.input_names, ("image",), "encoder inputs")
         _require_names(self._encoder.output_names, ("image_embeddings",), "encoder outputs")
         _require_names(self._decoder.input_names, DECODER_INPUTS, "decoder inputs")
         _require_names(self._decoder.output_names, DECODER_OUTPUTS, "decoder outputs")
+        _require_names(self._decoder_image.input_names, ("image_embeddings",), "decoder_image inputs")
+        _require_names(self._decoder_image.output_names, DECODER_IMAGE_OUTPUTS, "decoder_image outputs")
+        _require_names(self._decoder_points.input_names, POINT_DECODER_INPUTS, "decoder_points inputs")
+        _require_names(self._decoder_points.output_names, DECODER_OUTPUTS, "decoder_points outputs")
         extra = folder.manifest.get("extra", {}) if hasattr(folder, "manifest") else {}
         self.low_res_size = int(extra.get("low_res_size", LOW_RES_SIZE))
         shape = extra.get("embedding_shape")
         self.embedding_shape = (1, *(int(v) for v in shape)) if shape else EMBEDDING_SHAPE
         self._embedding: ImageEmbedding | None = None
+        self._image_side: dict[str, npt.NDArray[np.float32]] = {}
         self._plans: dict[tuple[tuple[int, int], tuple[int, int]], UpscalePlan] = {}
 
     # image state ----------------------------------------------------------------------------------
@@ -409,15 +428,14 @@ class SamEngine:
         self._embedding = None
         tensor, input_size = preprocess(image, self.spec)
         out = self._encoder.run({"image": tensor})["image_embeddings"]
-        embedding = ImageEmbedding(
-            embedding=np.ascontiguousarray(out, dtype=np.float32),
-            original_size=(int(image.shape[0]), int(image.shape[1])),
-            input_size=input_size,
-            model=self.model_name,
+        self.set_image_embedding(
+            ImageEmbedding(
+                embedding=np.ascontiguousarray(out, dtype=np.float32),
+                original_size=(int(image.shape[0]), int(image.shape[1])),
+                input_size=input_size,
+                model=self.model_name,
+            )
         )
-        self._check_embedding(embedding)
-        self._embedding = embedding
-        self._plan(embedding)  # the upscaling plan depends only on the sizes: build it now, not per click
 
     def get_image_embedding(self) -> ImageEmbedding:
         if self._embedding is None:
@@ -425,10 +443,13 @@ class SamEngine:
         return self._embedding
 
     def set_image_embedding(self, embedding: ImageEmbedding) -> None:
-        """Restore the state of an image encoded earlier by the same model."""
+        """Restore the state of an image encoded earlier by the same model (runs ``decoder_image`` only)."""
         self._check_embedding(embedding)
+        self._embedding = None
+        out = self._decoder_image.run({"image_embeddings": embedding.embedding})
+        self._image_side = {name: out[name] for name in DECODER_IMAGE_OUTPUTS}
         self._embedding = embedding
-        self._plan(embedding)
+        self._plan(embedding)  # the upscaling plan depends only on the sizes: build it now, not per click
 
     def _check_embedding(self, embedding: Any) -> None:
         if not isinstance(embedding, ImageEmbedding):
@@ -483,8 +504,7 @@ class SamEngine:
         n_sets = coords.shape[0]
         size = self.low_res_size
         if mask_input is None:
-            mask = np.zeros((1, 1, size, size), dtype=np.float32)
-            has_mask = np.zeros(1, dtype=np.float32)
+            low_res, iou = self._run_points(coords, point_labels)
         else:
             mask = np.asarray(mask_input, dtype=np.float32)
             if mask.ndim == 3:
@@ -494,9 +514,9 @@ class SamEngine:
                     f"mask_input must be (1 or {n_sets}, {size}, {size}) for {n_sets} prompt set(s), "
                     f"got {np.shape(mask_input)}"
                 )
-            mask = np.ascontiguousarray(mask)
-            has_mask = np.ones(1, dtype=np.float32)
-        low_res, iou = self._run_decoder(emb, coords, point_labels, mask, has_mask)
+            feeds = {"image_embeddings": emb.embedding, "point_coords": coords, "point_labels": point_labels,
+                     "mask_input": np.ascontiguousarray(mask), "has_mask_input": np.ones(1, dtype=np.float32)}
+            low_res, iou = self._checked(self._decoder.run(feeds), n_sets, "decoder")
         chosen = slice(1, None) if multimask else slice(0, 1)
         low_res = low_res[:, chosen]
         per_set = low_res.shape[1]
@@ -526,39 +546,29 @@ class SamEngine:
         Returns:
             ``low_res_masks`` ``(B, 4, 256, 256)`` logits and ``iou_predictions`` ``(B, 4)``.
         """
-        emb = self.get_image_embedding()
+        self.get_image_embedding()
         coords = np.ascontiguousarray(point_coords, dtype=np.float32)
         labels = np.ascontiguousarray(point_labels, dtype=np.float32)
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
             raise ValueError(
                 f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}"
             )
-        size = self.low_res_size
-        no_mask = np.zeros((1, 1, size, size), dtype=np.float32)
-        return self._run_decoder(emb, coords, labels, no_mask, np.zeros(1, dtype=np.float32))
+        return self._run_points(coords, labels)
 
-    def _run_decoder(
-        self,
-        emb: ImageEmbedding,
-        coords: npt.NDArray[np.float32],
-        labels: npt.NDArray[np.float32],
-        mask: npt.NDArray[np.float32],
-        has_mask: npt.NDArray[np.float32],
+    def _run_points(
+        self, coords: npt.NDArray[np.float32], labels: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        out = self._decoder.run(
-            {
-                "image_embeddings": emb.embedding,
-                "point_coords": coords,
-                "point_labels": labels,
-                "mask_input": mask,
-                "has_mask_input": has_mask,
-            }
-        )
+        feeds = {**self._image_side, "point_coords": coords, "point_labels": labels}
+        return self._checked(self._decoder_points.run(feeds), coords.shape[0], "decoder_points")
+
+    def _checked(
+        self, out: dict[str, Any], n_sets: int, graph: str
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         low_res, iou = out["low_res_masks"], out["iou_predictions"]
-        n_sets, size = coords.shape[0], self.low_res_size
+        size = self.low_res_size
         if low_res.shape != (n_sets, NUM_MASK_OUTPUTS, size, size) or iou.shape != (n_sets, NUM_MASK_OUTPUTS):
             raise RuntimeError(
-                f"decoder returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
+                f"{graph} returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
                 f"({n_sets}, {NUM_MASK_OUTPUTS}, {size}, {size}) and ({n_sets}, {NUM_MASK_OUTPUTS})"
             )
         return low_res, iou
