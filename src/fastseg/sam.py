@@ -253,12 +253,15 @@ class UpscalePlan:
     step                                                          f32        bf16
     ===========================================================  =========  =========
     decoder graph alone, OpenVINO (1 prompt set, 4 masks)         33.8 ms    20.4 ms
+    ``decoder_points`` graph alone (image side precomputed)       27.9 ms    16.4 ms
     upscaling 3 masks, OpenVINO graph (Interpolate, crop, > 0)    35.6 ms    25.9 ms
     upscaling 3 masks, PyTorch (``postprocess_masks`` + ``> 0``)  8.0 ms
     upscaling 3 masks, this plan (numpy)                          2.0 ms
     building this plan (once per image size, in ``set_image``)    2.9 ms
     mask -> box for the 3 masks (``masks_to_boxes``)              0.4 ms
-    one click end to end, ``Predictor.predict``                   37.8 ms    24.9 ms
+    one click end to end, ``Predictor.predict`` (``decoder``)     37.8 ms    24.9 ms
+    one click end to end, ``Predictor.predict`` (1620 x 1080,     31.3 ms    20.2 ms
+    ``decoder_points``; median of 35 clicks)
     ===========================================================  =========  =========
 
     OpenVINO's Interpolate is more than 10x slower than this plan and would also need its own
