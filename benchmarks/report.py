@@ -7,6 +7,7 @@ Everything here is a pure function of the result dict that ``run.py`` assembles 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,33 +198,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             failures.append(f"{name}: {model.get('error')}")
             lines.append(f"| {name} | (all) | | failed: {_escape(str(model.get('error')))} |" + " |" * 10)
             continue
-        for path, result in model["paths"].items():
-            label = PATH_LABELS.get(path, path)
-            if result.get("status") != "ok":
-                failures.append(f"{name} / {path}: {result.get('error')}")
-                lines.append(f"| {name} | {label} | | failed (see below) |" + " |" * 10)
-                continue
-            ratio = result.get("speedup", {})
-            agreement = result.get("mask_vs_pytorch")
-            cells = [
-                name,
-                label,
-                str(result.get("precision", "")),
-                _summary_cell(result.get("end_to_end_ms"), fmt_ms),
-                fmt_ratio(ratio.get("end_to_end")),
-                _summary_cell(result.get("network_ms"), fmt_ms),
-                fmt_ratio(ratio.get("network")),
-                _summary_cell(result.get("click_ms"), fmt_ms),
-                fmt_ratio(ratio.get("click")),
-                _summary_cell(result.get("cold_start_s"), fmt_s),
-                fmt_ratio(ratio.get("cold_start")),
-                f"{result['peak_rss_mib']:,.0f}" if result.get("peak_rss_mib") is not None else "—",
-                fmt_ratio(ratio.get("peak_rss")),
-                "reference" if path == "pytorch" else (fmt_pct(agreement["pixels_pct"]) if agreement else "—"),
-            ]
-            lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
-            if result.get("cold_start_error"):
-                failures.append(f"{name} / {path} cold start: {result['cold_start_error']}")
+        lines += _path_rows(name, model["paths"], failures, "", _main_cells)
+        failures += [f"{name} / {path} cold start: {result['cold_start_error']}"
+                     for path, result in model["paths"].items() if result.get("cold_start_error")]
 
     agreement_rows = [
         (name, m["bf16_vs_f32"]) for name, m in results["models"].items() if m.get("bf16_vs_f32") is not None
@@ -259,6 +236,61 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _path_rows(name: str, paths: dict[str, Any], failures: list[str], what: str,
+               cells: Callable[[str, dict[str, Any]], list[str]]) -> list[str]:
+    """Table rows of one model's paths: ``model | path | cells(path, result)...``, or a failed row
+    (padded to the header's width) with the error appended to ``failures``."""
+    rows = []
+    for path, result in paths.items():
+        label = PATH_LABELS.get(path, path)
+        if result.get("status") != "ok":
+            failures.append(f"{name} / {path}{what}: {result.get('error')}")
+            rows.append(f"| {name} | {label} | | failed (see below) |" + " |" * (len(cells(path, {})) - 2))
+            continue
+        rows.append("| " + " | ".join(_escape(c) for c in [name, label, *cells(path, result)]) + " |")
+    return rows
+
+
+def _main_cells(path: str, result: dict[str, Any]) -> list[str]:
+    if not result:  # the width of a row, for failed paths
+        return [""] * 12
+    ratio = result.get("speedup", {})
+    agreement = result.get("mask_vs_pytorch")
+    return [
+        str(result.get("precision", "")),
+        _summary_cell(result.get("end_to_end_ms"), fmt_ms),
+        fmt_ratio(ratio.get("end_to_end")),
+        _summary_cell(result.get("network_ms"), fmt_ms),
+        fmt_ratio(ratio.get("network")),
+        _summary_cell(result.get("click_ms"), fmt_ms),
+        fmt_ratio(ratio.get("click")),
+        _summary_cell(result.get("cold_start_s"), fmt_s),
+        fmt_ratio(ratio.get("cold_start")),
+        f"{result['peak_rss_mib']:,.0f}" if result.get("peak_rss_mib") is not None else "—",
+        fmt_ratio(ratio.get("peak_rss")),
+        "reference" if path == "pytorch" else (fmt_pct(agreement["pixels_pct"]) if agreement else "—"),
+    ]
+
+
+def _everything_cells(path: str, result: dict[str, Any]) -> list[str]:
+    if not result:
+        return [""] * 7
+    ratio = result.get("speedup", {})
+    agreement = result.get("masks_vs_pytorch")
+    summary = result["everything_ms"]
+    return [
+        str(result.get("precision", "")),
+        f"{fmt_s(summary['median'] / 1000)} ({fmt_s(summary['min'] / 1000)})",
+        fmt_ratio(ratio.get("everything")),
+        str(result["masks"]),
+        "reference" if path == "pytorch" else (
+            f"{agreement['matched']} / {agreement['count'][1]} ({fmt_pct(agreement['matched_pct'])})"
+            if agreement else "—"),
+        f"{result['peak_rss_mib']:,.0f}",
+        fmt_ratio(ratio.get("peak_rss")),
+    ]
+
+
 def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]:
     """The everything-mode section: one row per model and path (appends failed paths to ``failures``)."""
     sections = {name: m["everything"] for name, m in results["models"].items() if m.get("everything")}
@@ -274,29 +306,7 @@ def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]
              "| model | path | precision | everything s | × | masks | matched to PyTorch | peak RSS MiB | × |",
              "|---|---|---|--:|--:|--:|--:|--:|--:|"]
     for name, section in sections.items():
-        for path, result in section["paths"].items():
-            label = PATH_LABELS.get(path, path)
-            if result.get("status") != "ok":
-                failures.append(f"{name} / {path} everything: {result.get('error')}")
-                lines.append(f"| {name} | {label} | | failed (see below) |" + " |" * 5)
-                continue
-            ratio = result.get("speedup", {})
-            agreement = result.get("masks_vs_pytorch")
-            summary = result["everything_ms"]
-            cells = [
-                name,
-                label,
-                str(result.get("precision", "")),
-                f"{fmt_s(summary['median'] / 1000)} ({fmt_s(summary['min'] / 1000)})",
-                fmt_ratio(ratio.get("everything")),
-                str(result["masks"]),
-                "reference" if path == "pytorch" else (
-                    f"{agreement['matched']} / {agreement['count'][1]} ({fmt_pct(agreement['matched_pct'])})"
-                    if agreement else "—"),
-                f"{result['peak_rss_mib']:,.0f}",
-                fmt_ratio(ratio.get("peak_rss")),
-            ]
-            lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+        lines += _path_rows(name, section["paths"], failures, " everything", _everything_cells)
     return lines
 
 
