@@ -4,15 +4,20 @@ Both FastSAM variants are built with seeded random weights calibrated to behave 
 (``fastseg_export.fastsam.write_random_checkpoint``), saved in ultralytics' checkpoint format,
 exported with ``fastseg export`` and compared on scikit-image photos with the prompts ultralytics
 documents: point prompts (one, several positive and negative, all negative) and box prompts (one,
-several). Every selected mask must be matched one-to-one (same detections), with IoU >= 0.99 for
-FastSAM-s and >= 0.97 for FastSAM-x, mean IoU >= 0.995.
+several). Every selected mask must be matched one-to-one (same detection: confidence within 1e-3),
+with its box within 0.25 px and IoU >= 0.99 on the pixels inside both boxes; mean whole-mask IoU
+>= 0.995.
 
-Why FastSAM-x gets 0.97: its random weights amplify float noise. ultralytics' own PyTorch model moves
-its boxes by up to 0.08 px and its prototypes by 1e-3 when run with 1 instead of 2 threads (0.2 px
-for an input change of 1e-7), and on ``coffee`` one of its own masks changes IoU by 0.6% and one
-detection drops out of the top 300 between those two runs (measured while writing this test). ONNX
-Runtime and OpenVINO differ from PyTorch by the same order (relative 2e-4 on ``detections``), which
-moves boundary pixels of some masks by up to ~2%. FastSAM-s stays within 0.99.
+Why the IoU is taken inside both boxes: ultralytics crops each retina mask to its box
+(``crop_mask``: ``x1 <= col < x2``), and so does fastseg. A box edge that lies within float noise
+of a pixel boundary puts a whole row or column of the mask on one side only: in the FastSAM-x run
+that motivated this, ``y1`` was 246.0 on both sides to 0.01 px, and one side kept row 246 (142
+pixels of a 16,962-pixel mask: whole-mask IoU 0.9915). Such rows are a box difference, which the
+box check bounds, not a mask difference. ultralytics itself moves FastSAM-x boxes by up to 0.08 px
+between 1 and 2 threads (random weights amplify float noise; measured while writing this test), and
+fastseg's ONNX Runtime and OpenVINO graphs differ from PyTorch by the same order (relative 2e-4 on
+``detections``); at prototype resolution, float32 against float64 moves FastSAM-x masks by less than
+0.1% IoU.
 
 Confidence thresholds: the default 0.4 where it gives a usable set, read off the model's own anchor
 confidences otherwise, in the middle of the widest gap in a rank window so that no anchor sits near
@@ -44,7 +49,7 @@ MODELS = ["fastsam_s", "fastsam_x"]
 DEFAULT_CONF = 0.4
 IOU = 0.9
 MIN_DETECTIONS = 10
-MIN_MASK_IOU = {"fastsam_s": 0.99, "fastsam_x": 0.97}
+MIN_MASK_IOU = 0.99
 MIN_MEAN_IOU = 0.995
 BOX_ATOL = 0.25  # px
 
@@ -78,33 +83,50 @@ def _prompt_sets(h: int, w: int) -> dict[str, dict[str, list]]:
     }
 
 
-def _match(
-    ours, ref_masks: np.ndarray, ref_scores: np.ndarray, what: str, ref_boxes: np.ndarray | None = None
-) -> list[float]:
-    """Match every reference mask to one of ours (same detection: score within 1e-3), IoU >= 0.99.
+def _crop_region(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels ultralytics' ``crop_mask`` keeps for ``box`` (x1 <= col < x2, y1 <= row < y2)."""
+    h, w = shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cols, rows = np.arange(w), np.arange(h)
+    return ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
 
-    Order-free: detections whose confidences differ by float noise may come in either order. With
-    ``ref_boxes``, the matched boxes must agree within 0.05 px.
+
+def _match(ours, ref_masks: np.ndarray, ref_scores: np.ndarray, ref_boxes: np.ndarray, what: str) -> list[float]:
+    """Match every reference mask to one of ours (same detection: score within 1e-3); return the IoUs.
+
+    Order-free: detections whose confidences differ by float noise may come in either order. Two
+    things are checked per matched pair, kept apart because they have different sources:
+
+    - the detection boxes agree within ``BOX_ATOL`` px;
+    - the masks agree (IoU >= ``MIN_MASK_IOU``) on the pixels inside both boxes. Both sides crop each
+      mask to its box (``x1 <= col < x2``), so when a box edge lies within float noise of a pixel
+      boundary one side keeps a whole row or column that the other drops; the box check above
+      bounds that. The full-mask IoU is returned and its mean must reach ``MIN_MEAN_IOU``.
     """
     assert len(ours) == len(ref_masks), f"{what}: fastseg returned {len(ours)} masks, ultralytics {len(ref_masks)}"
     ious = []
     free = np.ones(len(ours), dtype=bool)
-    pixels = int(np.prod(ours.masks.shape[1:]))
+    shape = ours.masks.shape[1:]
+    pixels = int(np.prod(shape))
     flat_ours = ours.masks.reshape(len(ours), pixels)
-    for mask, score in zip(ref_masks.reshape(len(ref_masks), pixels), ref_scores):
+    for k, (mask, score) in enumerate(zip(ref_masks.reshape(len(ref_masks), pixels), ref_scores)):
         candidates = np.flatnonzero(free & (np.abs(ours.scores - score) <= 1e-3))
         assert len(candidates), f"{what}: no fastseg detection with confidence {score:.5f}"
         inter = (flat_ours[candidates] & mask).sum(axis=1)
         union = (flat_ours[candidates] | mask).sum(axis=1)
         iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-        best = int(np.argmax(iou))
-        free[candidates[best]] = False
-        ious.append(float(iou[best]))
-        if ref_boxes is not None:
-            k = len(ious) - 1
-            np.testing.assert_allclose(ours.boxes[candidates[best]], ref_boxes[k], atol=BOX_ATOL, err_msg=what)
-    limit = MIN_MASK_IOU[what.split("/")[0]]
-    assert min(ious, default=1.0) >= limit, f"{what}: mask IoU {min(ious):.4f} < {limit}"
+        best = candidates[int(np.argmax(iou))]
+        free[best] = False
+        ious.append(float(iou.max()))
+        np.testing.assert_allclose(ours.boxes[best], ref_boxes[k], atol=BOX_ATOL, err_msg=what)
+        common = (_crop_region(ours.boxes[best], shape) & _crop_region(ref_boxes[k], shape)).reshape(-1)
+        a, b = flat_ours[best] & common, mask & common
+        union_in = int((a | b).sum())
+        iou_in = float((a & b).sum() / union_in) if union_in else 1.0
+        assert iou_in >= MIN_MASK_IOU, (
+            f"{what}: mask IoU {iou_in:.4f} < {MIN_MASK_IOU} inside both boxes (whole-mask IoU {ious[-1]:.4f}; "
+            f"boxes {np.round(ours.boxes[best], 3)} and {np.round(ref_boxes[k], 3)})"
+        )
     mean = float(np.mean(ious)) if ious else 1.0
     assert mean >= MIN_MEAN_IOU, f"{what}: mean mask IoU {mean:.4f} < {MIN_MEAN_IOU}"
     return ious
@@ -160,8 +182,9 @@ def _reference_prompt(references, photo, prompt):
     out = predictor.prompt(
         [result], bboxes=prompt.get("bboxes"), points=prompt.get("points"), labels=prompt.get("labels")
     )[0]
-    masks = out.masks.data.numpy().astype(bool) if len(out) else np.zeros((0, *result.orig_shape), bool)
-    return masks, out.boxes.conf.numpy() if len(out) else np.zeros(0, np.float32), out
+    if not len(out):
+        return np.zeros((0, *result.orig_shape), bool), np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
+    return out.masks.data.numpy().astype(bool), out.boxes.conf.numpy(), out.boxes.xyxy.numpy()
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
@@ -183,15 +206,15 @@ def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
             everything,
             result.masks.data.numpy().astype(bool),
             result.boxes.conf.numpy(),
+            result.boxes.xyxy.numpy(),
             f"{name}/{backend}/{photo}/everything",
-            ref_boxes=result.boxes.xyxy.numpy(),
         )
         for label, prompt in _prompt_sets(*rgb.shape[:2]).items():
-            ref_masks, ref_scores, _ = _reference_prompt(references, photo, prompt)
+            ref_masks, ref_scores, ref_boxes = _reference_prompt(references, photo, prompt)
             ours = predictor.predict(
                 points=prompt.get("points"), labels=prompt.get("labels"), boxes=prompt.get("bboxes")
             )
-            all_ious += _match(ours, ref_masks, ref_scores, f"{name}/{backend}/{photo}/{label}")
+            all_ious += _match(ours, ref_masks, ref_scores, ref_boxes, f"{name}/{backend}/{photo}/{label}")
             nonempty_prompts += len(ref_masks) > 0
     ious = np.asarray(all_ious)
     print(
@@ -227,13 +250,8 @@ def test_fastsam_end_to_end_prompt_call(model, photos, confs):
     predictor.set_image(rgb)
     ours = predictor.predict(points=points, labels=labels, boxes=boxes)
     assert len(ref) >= 1
-    _match(
-        ours,
-        ref.masks.data.numpy().astype(bool),
-        ref.boxes.conf.numpy(),
-        f"{name}/coffee/end-to-end",
-        ref.boxes.xyxy.numpy(),
-    )
+    _match(ours, ref.masks.data.numpy().astype(bool), ref.boxes.conf.numpy(), ref.boxes.xyxy.numpy(),
+           f"{name}/coffee/end-to-end")
 
 
 def test_bf16_agreement_is_reported(model, photos, confs):
