@@ -17,6 +17,7 @@ import torch
 import torchvision
 
 from fastseg import fastsam as fs
+from fastseg.prompts import validate_prompts
 from fastseg.registry import get_spec
 
 # ------------------------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ def _hand_masks() -> np.ndarray:
 POINT_CASES = [
     ([[5, 5]], [1]),
     ([[6.9, 6.2]], [1]),  # truncated to (6, 6): masks 0, 1, 4
+    ([[1.99999999, 2.0]], [1]),  # truncated from the given value to (1, 2): mask 3; a float32 cast made it (2, 2)
     ([[6, 6], [5, 5]], [1, 0]),
     ([[20, 15], [7, 7]], [1, 0]),
     ([[7, 7], [25, 20]], [0, 0]),  # all negative: every mask without a negative point
@@ -267,6 +269,7 @@ BOX_CASES = [
     [[0, 0, 32, 24]],  # whole image
     [[0, 0, 3, 3]],  # mask 3
     [[16, 12, 28, 22], [4.7, 4.2, 12.9, 10.1]],  # int32 truncation
+    [[0, 0, 0.99999999, 24]],  # x2 truncated to 0 as ultralytics does (a float32 cast made it 1: another mask)
     [[30, 0, 32, 2]],  # touches nothing: IoU 0 for all -> the first mask
     [[6, 6, 6, 10]],  # zero width
     [[6, 6, 8, 8], [6, 6, 8, 8]],  # the same box twice: one mask
@@ -297,7 +300,7 @@ def _ultralytics_prompt(masks, boxes=None, points=None, labels=None):
 @pytest.mark.parametrize("points, labels", POINT_CASES)
 def test_point_rule_matches_ultralytics(points, labels):
     masks = _hand_masks()
-    xy = fs.point_pixels(np.asarray(points, np.float32), (H, W))
+    xy = fs.point_pixels(validate_prompts((H, W), points=points, labels=labels).points, (H, W))
     values = masks[:, xy[:, 1], xy[:, 0]]
     chosen = np.flatnonzero(fs.select_by_points(values, np.asarray(labels)))
     assert chosen.tolist() == _ultralytics_prompt(masks, points=points, labels=labels)
@@ -306,7 +309,7 @@ def test_point_rule_matches_ultralytics(points, labels):
 @pytest.mark.parametrize("boxes", BOX_CASES)
 def test_box_rule_matches_ultralytics(boxes):
     masks = _hand_masks()
-    b = fs.box_pixels(np.asarray(boxes, np.float32), (H, W))
+    b = fs.box_pixels(validate_prompts((H, W), boxes=boxes).boxes, (H, W))
     inside = np.array([[m[y1:y2, x1:x2].sum() for m in masks] for x1, y1, x2, y2 in b], dtype=np.int64)
     winners = fs.select_by_boxes(inside, masks.sum(axis=(1, 2)).astype(np.int64), b)
     assert sorted(set(winners.tolist())) == _ultralytics_prompt(masks, boxes=boxes)

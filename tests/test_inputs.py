@@ -90,10 +90,14 @@ def test_bad_prompts(kwargs: dict, message: str) -> None:
 
 def test_prompts_normalised() -> None:
     p = validate_prompts(SIZE, points=[10, 20], boxes=[1, 2, 30, 40], mask_input=np.zeros((1, 1, 256, 256)))
-    assert p.points is not None and p.points.shape == (1, 2) and p.points.dtype == np.float32
+    assert p.points is not None and p.points.shape == (1, 2) and p.points.dtype == np.float64
     assert p.labels is not None and p.labels.tolist() == [1] and p.labels.dtype == np.int64
     assert p.boxes is not None and p.boxes.shape == (1, 4)
     assert p.mask_input is not None and p.mask_input.shape == (1, 256, 256)
     edge = validate_prompts(SIZE, points=[[451, 300], [0, 0]], labels=[0, True])
     assert edge.labels is not None and edge.labels.tolist() == [0, 1]
     assert validate_prompts(SIZE).empty
+    # coordinates are kept as given (no float32 round trip): FastSAM truncates them as ultralytics does
+    exact = validate_prompts(SIZE, points=[[100.99999999, 5.0]], boxes=[[0.0, 0.0, 200.99999999, 50.0]])
+    assert exact.points is not None and exact.points[0, 0] == 100.99999999
+    assert exact.boxes is not None and exact.boxes[0, 2] == 200.99999999

@@ -639,18 +639,20 @@ class MaskAssembler:
 
 
 def point_pixels(points: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int64]:
-    """Prompt points as ultralytics indexes masks with them: int64 (truncated), clipped to the image."""
+    """Prompt points as ultralytics indexes masks with them: int64 (truncated from the given values),
+    clipped to the image."""
     h, w = image_size
-    xy = np.asarray(points, dtype=np.float32).reshape(-1, 2).astype(np.int64)
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2).astype(np.int64)
     xy[:, 0] = np.clip(xy[:, 0], 0, w - 1)
     xy[:, 1] = np.clip(xy[:, 1], 0, h - 1)
     return xy
 
 
 def box_pixels(boxes: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int32]:
-    """Prompt boxes as ultralytics slices masks with them: int32 (truncated), clipped to the image."""
+    """Prompt boxes as ultralytics slices masks with them: int32 (truncated from the given values),
+    clipped to the image."""
     h, w = image_size
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).astype(np.int32)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).astype(np.int32)
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
     b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
     return b

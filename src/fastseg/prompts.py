@@ -1,7 +1,7 @@
 """Validation of prompts against the image they are for.
 
-Every function returns arrays of one layout (float32 coordinates in original-image pixels, int64
-labels) or raises a ``ValueError`` that names what was expected and what came.
+Every function returns arrays of one layout (float64 coordinates in original-image pixels, exactly
+as given, int64 labels) or raises a ``ValueError`` that names what was expected and what came.
 """
 
 from __future__ import annotations
@@ -18,15 +18,19 @@ class Prompts:
     """Validated prompts for one image.
 
     Attributes:
-        points: ``(N, 2)`` float32, XY in original-image pixels, or None.
+        points: ``(N, 2)`` float64, XY in original-image pixels, or None.
         labels: ``(N,)`` int64, 1 foreground / 0 background, or None (exactly when points is None).
-        boxes: ``(B, 4)`` float32 XYXY in original-image pixels, or None.
+        boxes: ``(B, 4)`` float64 XYXY in original-image pixels, or None.
+
+    Coordinates stay float64, as the user gave them: ``segment_anything`` scales them to the input
+    frame in float64 before its float32 cast, and ultralytics truncates them to whole pixels from
+    the given value (a float32 round trip would turn 100.99999999 into 101, not 100).
         mask_input: ``(B or 1, 256, 256)`` float32 low-resolution logits from a previous call, or None.
     """
 
-    points: npt.NDArray[np.float32] | None = None
+    points: npt.NDArray[np.float64] | None = None
     labels: npt.NDArray[np.int64] | None = None
-    boxes: npt.NDArray[np.float32] | None = None
+    boxes: npt.NDArray[np.float64] | None = None
     mask_input: npt.NDArray[np.float32] | None = None
 
     @property
@@ -34,7 +38,7 @@ class Prompts:
         return self.points is None and self.boxes is None
 
 
-def _as_float_array(value: Any, what: str) -> npt.NDArray[np.float32]:
+def _as_float_array(value: Any, what: str) -> npt.NDArray[np.float64]:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -89,7 +93,6 @@ def validate_prompts(
             if raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all():
                 raise ValueError(f"labels must be 1 (foreground) or 0 (background), got {raw.tolist()}")
             lab = raw.astype(np.int64)
-        pts = pts.astype(np.float32)
     elif labels is not None:
         raise ValueError("labels were given without points")
     if boxes is not None:
@@ -106,7 +109,6 @@ def validate_prompts(
         outside = (bxs[:, 0] < 0) | (bxs[:, 1] < 0) | (bxs[:, 2] > w) | (bxs[:, 3] > h)
         if outside.any():
             raise ValueError(f"boxes must lie inside the {w}x{h} image, got {bxs[outside].tolist()}")
-        bxs = bxs.astype(np.float32)
     if mask_input is not None:
         msk = _as_float_array(mask_input, "mask_input")
         if msk.ndim == 4 and msk.shape[1] == 1:
