@@ -87,12 +87,16 @@ class Predictor:
         """Encode ``image`` (path, PIL image, or RGB uint8 array; see :func:`fastseg.image.load_image`)."""
         array = load_image(image)
         with self._lock:
-            start = time.perf_counter()
-            self._image_size = self._pixels = None
-            self._engine.set_image(array)
-            self._image_size = (int(array.shape[0]), int(array.shape[1]))
-            self._pixels = array
-            self.timings["set_image"] = time.perf_counter() - start
+            self._set_image_locked(array)
+
+    def _set_image_locked(self, array: Any) -> None:
+        """Encode ``array`` (RGB uint8) as the image set; the caller holds ``self._lock``."""
+        start = time.perf_counter()
+        self._image_size = self._pixels = None
+        self._engine.set_image(array)
+        self._image_size = (int(array.shape[0]), int(array.shape[1]))
+        self._pixels = array
+        self.timings["set_image"] = time.perf_counter() - start
 
     def _require_image(self) -> tuple[int, int]:
         if self._image_size is None:
@@ -180,14 +184,9 @@ class Predictor:
         options = ev.make_params(self.folder.family, params)  # bad parameters fail before any work
         array = None if image is None else load_image(image)
         with self._lock:
-            start = time.perf_counter()
             if array is not None:
-                self._image_size = self._pixels = None
-                self._engine.set_image(array)
-                self._image_size = (int(array.shape[0]), int(array.shape[1]))
-                self._pixels = array
-                self.timings["set_image"] = time.perf_counter() - start
-                start = time.perf_counter()
+                self._set_image_locked(array)
+            start = time.perf_counter()
             self._require_image()
             if isinstance(options, ev.SamEverythingParams):
                 callback = ev.StderrProgress() if progress is True else (progress or None)
