@@ -120,8 +120,7 @@ def _segment_everything(args: argparse.Namespace, image) -> int:
         raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
     params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
     predictor = Predictor(args.model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou)
-    ev.make_params(predictor.folder.family, params)  # parameter errors before the image is encoded
-    start = time.perf_counter()
+    start = time.perf_counter()  # Predictor.everything checks the parameters before it encodes the image
     records = predictor.everything(image, progress=args.progress, **params)
     elapsed = time.perf_counter() - start
     print(
