@@ -109,13 +109,12 @@ def everything_agreement(
     """
     from pycocotools import mask as mask_api
 
-    def coded(rles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-                 else r["counts"]} for r in rles]
+    from fastseg.rle import to_pycocotools
 
     matched = 0
     if ours and reference:
-        iou = np.asarray(mask_api.iou(coded(ours), coded(reference), [0] * len(reference)), dtype=np.float64)
+        iou = mask_api.iou(to_pycocotools(ours), to_pycocotools(reference), [0] * len(reference))
+        iou = np.asarray(iou, dtype=np.float64)
         iou = iou.reshape(len(ours), len(reference))
         used_ours, used_ref = np.zeros(len(ours), bool), np.zeros(len(reference), bool)
         for flat in np.argsort(-iou, axis=None, kind="stable"):

@@ -369,12 +369,6 @@ def rle_area(counts: npt.NDArray[np.integer[Any]] | Sequence[int]) -> int:
     return int(np.asarray(counts, dtype=np.int64)[1::2].sum())
 
 
-def _coco_mask_api() -> Any:
-    from fastseg.rle import _mask_api
-
-    return _mask_api()
-
-
 def coco_encode_rle(counts: npt.NDArray[np.integer[Any]], size: tuple[int, int]) -> dict[str, Any]:
     """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of an uncompressed RLE, via pycocotools
     (the result of ``amg.coco_encode_rle``)."""
@@ -383,10 +377,9 @@ def coco_encode_rle(counts: npt.NDArray[np.integer[Any]], size: tuple[int, int])
 
 def coco_encode_mask(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
     """COCO compressed RLE of an ``(H, W)`` bool mask, via pycocotools' C encoder (no Python lists)."""
-    h, w = mask.shape
-    rle = _coco_mask_api().encode(np.asfortranarray(mask.astype(np.uint8)).reshape((h, w, 1), order="F"))[0]
-    rle["counts"] = rle["counts"].decode("utf-8")
-    return {"size": [int(h), int(w)], "counts": rle["counts"]}
+    from fastseg.rle import encode
+
+    return encode(mask[None])[0]
 
 
 @dataclass(frozen=True, eq=False)

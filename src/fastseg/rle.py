@@ -29,11 +29,15 @@ def encode(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
     return list(rles)
 
 
+def to_pycocotools(rles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO RLE dicts as pycocotools' C functions take them: ``counts`` as bytes."""
+    return [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+             else r["counts"]} for r in rles]
+
+
 def decode(rles: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
     """Decode COCO RLE dicts back to ``(N, H, W)`` bool masks."""
     mask_api = _mask_api()
     if not rles:
         raise ValueError("decode needs at least one RLE to know the image size")
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-              else r["counts"]} for r in rles]
-    return np.ascontiguousarray(mask_api.decode(coded).transpose(2, 0, 1).astype(bool))
+    return np.ascontiguousarray(mask_api.decode(to_pycocotools(rles)).transpose(2, 0, 1).astype(bool))
