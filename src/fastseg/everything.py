@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastseg.fastsam import nms
+from fastseg.results import masks_to_boxes as result_boxes
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -299,20 +300,8 @@ def is_box_near_crop_edge(
 
 def masks_to_boxes(masks: npt.NDArray[np.bool_]) -> IntArray:
     """XYXY int64 boxes of ``(N, h, w)`` masks, x2/y2 inclusive, ``[0, 0, 0, 0]`` if empty
-    (``amg.batched_mask_to_box``)."""
-    n, h, w = masks.shape
-    boxes = np.zeros((n, 4), dtype=np.int64)
-    if n == 0 or h == 0 or w == 0:
-        return boxes
-    rows = masks.any(axis=2)
-    cols = masks.any(axis=1)
-    nonempty = rows.any(axis=1)
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 2] = w - 1 - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 3] = h - 1 - rows[:, ::-1].argmax(axis=1)
-    boxes[~nonempty] = 0
-    return boxes
+    (``amg.batched_mask_to_box``): :func:`fastseg.results.masks_to_boxes` as integers."""
+    return result_boxes(masks).astype(np.int64)
 
 
 def stability_scores(logits: FloatArray, mask_threshold: float, offset: float) -> FloatArray:

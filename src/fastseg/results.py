@@ -15,14 +15,13 @@ def masks_to_boxes(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
     Boxes follow segment-anything's ``batched_mask_to_box``: x2/y2 are the last foreground pixel's
     index (inclusive), as float32 in original-image pixels.
     """
-    n = masks.shape[0]
+    n, h, w = masks.shape
     boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0:
+    if n == 0 or h == 0 or w == 0:
         return boxes
     rows = masks.any(axis=2)  # (N, H)
     cols = masks.any(axis=1)  # (N, W)
     nonempty = rows.any(axis=1)
-    h, w = masks.shape[1:]
     y1 = rows.argmax(axis=1)
     y2 = h - 1 - rows[:, ::-1].argmax(axis=1)
     x1 = cols.argmax(axis=1)
