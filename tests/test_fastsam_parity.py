@@ -256,8 +256,11 @@ def test_fastsam_end_to_end_prompt_call(model, photos, confs):
 
 def test_bf16_agreement_is_reported(model, photos, confs):
     """bf16 is not held to parity; print how far its masks are from f32 (not asserted)."""
+    from fastseg.backends import openvino_supports_bf16
     from fastseg.predictor import Predictor
 
+    if not openvino_supports_bf16():
+        pytest.skip("this CPU has no bf16 support in OpenVINO")
     name, _, folder = model
     for photo, rgb in photos.items():
         f32 = Predictor(folder, precision="f32", conf=confs[photo], iou=IOU, cache_dir=False)

@@ -230,9 +230,9 @@ def test_random_weights_give_decisive_prompt_dependent_masks(cache: _Cache, name
 @pytest.mark.parametrize("name", list(PHOTOS))
 def test_report_bf16_agreement(cache: _Cache, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """bf16 is not held to parity; this prints how close it comes (mean and min pixel agreement)."""
-    import openvino as ov
+    from fastseg.backends import openvino_supports_bf16
 
-    if "BF16" not in " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")):
+    if not openvino_supports_bf16():
         pytest.skip("this CPU has no bf16 support in OpenVINO")
     photo = PHOTOS[name][0]
     h, w = cache.photos[photo].shape[:2]
@@ -251,6 +251,27 @@ def test_report_bf16_agreement(cache: _Cache, name: str, capsys: pytest.CaptureF
             f"min {np.min(agreement):.5f}, max score difference {max(score_diff):.4f}"
         )
     assert len(agreement) == 12  # the report covered every mask
+
+
+def test_precision_is_what_openvino_runs(cache: _Cache) -> None:
+    """precision="bf16" runs bf16 where the CPU has it; elsewhere OpenVINO runs f32 and the Predictor says so."""
+    from fastseg.backends import openvino_supports_bf16
+
+    folder = cache.exported_model("mobile_sam")
+    if openvino_supports_bf16():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            predictor = Predictor(folder, precision="bf16", cache_dir=False)
+        assert predictor.precision == "bf16"
+    else:
+        with pytest.warns(UserWarning, match=r"precision='bf16' was asked for, but OpenVINO runs f32 on this CPU "
+                                             r"\(its capabilities: FP32, .*bf16 needs AVX-512 BF16 or AMX\)"):
+            predictor = Predictor(folder, precision="bf16", cache_dir=False)
+        assert predictor.precision == "f32"
+    assert predictor.requested_precision == "bf16"
+    predictor.set_image(cache.photos["chelsea"])
+    assert predictor.predict(points=[[200, 150]], labels=[1]).info["precision"] == predictor.precision
+    assert Predictor(folder, backend="onnxruntime", cache_dir=False).precision == "f32"
 
 
 def _prompt_kwargs(case: str, h: int, w: int) -> dict[str, Any]:

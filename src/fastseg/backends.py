@@ -68,7 +68,8 @@ class OpenVINOSession:
         self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
         self.output_names = tuple(p.get_any_name() for p in self._compiled.outputs)
         self._outputs = list(self._compiled.outputs)
-        self.precision = precision
+        #: What OpenVINO compiled with, read back: a CPU without native bf16 runs f32 whatever was asked.
+        self.precision: str = _precision_name(self._compiled.get_property(hints.inference_precision))
 
     def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
@@ -98,11 +99,26 @@ class OnnxRuntimeSession:
             raise ModelFolderError(f"ONNX Runtime could not load {onnx_path}: {first}") from exc
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
-        self.precision: Precision = "f32"
+        self.precision: str = "f32"
 
     def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         values = self._session.run(list(self.output_names), feeds)
         return dict(zip(self.output_names, values))
+
+
+def _precision_name(value: object) -> str:
+    """``"f32"``, ``"bf16"`` (or another OpenVINO type name) from an ``ov.Type`` property value."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)  # type: ignore[attr-defined]
+
+
+def openvino_cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU, e.g. ``("FP32", "INT8", "BIN", "EXPORT_IMPORT")``."""
+    return tuple(str(c) for c in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def openvino_supports_bf16() -> bool:
+    """True when OpenVINO can run bf16 on this CPU (AVX-512 BF16 or AMX); elsewhere it runs f32 when asked for bf16."""
+    return "BF16" in openvino_cpu_capabilities()
 
 
 _CORE = None

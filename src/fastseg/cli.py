@@ -82,7 +82,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     best = result.best() if predictor.folder.family == "sam" else result
     union = best.masks.any(axis=0) if len(best) else np.zeros(image.shape[:2], dtype=bool)
     print(
-        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {args.precision}: "
+        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {predictor.precision}: "
         f"{len(result)} masks, kept {len(best)} (scores {np.round(best.scores, 3).tolist()}), "
         f"{union.sum()} pixels, {elapsed * 1000:.0f} ms"
     )
@@ -124,7 +124,7 @@ def _segment_everything(args: argparse.Namespace, image) -> int:
     records = predictor.everything(image, progress=args.progress, **params)
     elapsed = time.perf_counter() - start
     print(
-        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {args.precision}: "
+        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {predictor.precision}: "
         f"everything: {len(records)} masks, {elapsed * 1000:.0f} ms"
     )
     if args.json:
@@ -133,7 +133,7 @@ def _segment_everything(args: argparse.Namespace, image) -> int:
             "model": predictor.model_name,
             "weights": predictor.folder.weights,
             "backend": args.backend,
-            "precision": args.precision,
+            "precision": predictor.precision,
             "parameters": params,
         }
         print(f"json: {ev.write_json(args.json, records, **info)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,9 @@ class Predictor:
         model_dir: a folder written by ``fastseg export``.
         backend: ``"openvino"`` (default) or ``"onnxruntime"``.
         precision: ``"f32"`` (default; identical masks to PyTorch) or ``"bf16"`` (faster on CPUs with
-            AVX-512 BF16 / AMX; OpenVINO only).
+            AVX-512 BF16 / AMX; OpenVINO only). On a CPU without native bf16, OpenVINO runs f32 when
+            asked for bf16: the Predictor then warns once (``UserWarning``) and :attr:`precision` says
+            ``"f32"``.
         num_threads: inference threads (default: all cores).
         cache_dir: OpenVINO compiled-model cache; ``None`` = ``~/.cache/fastseg/compiled``, ``False`` = off.
         conf, iou: FastSAM detection confidence and NMS IoU thresholds (ultralytics defaults 0.4, 0.9).
@@ -52,12 +55,25 @@ class Predictor:
     ) -> None:
         self.folder: ModelFolder = load_model_folder(model_dir)
         self.backend = backend
-        self.precision = precision
+        #: The precision asked for; :attr:`precision` is the one the backend runs at.
+        self.requested_precision = precision
         cache = cache_dir if cache_dir is None or cache_dir is False else Path(cache_dir)
         sessions = {
             g: open_session(self.folder, g, backend, precision, num_threads=num_threads, cache_dir=cache)
             for g in GRAPHS_BY_FAMILY[self.folder.family]
         }
+        ran = sorted({str(getattr(s, "precision", precision)) for s in sessions.values()})
+        #: The inference precision the backend compiled the graphs at (read back from OpenVINO).
+        self.precision = ran[0] if len(ran) == 1 else "/".join(ran)
+        if self.precision != precision:
+            from fastseg.backends import openvino_cpu_capabilities
+
+            warnings.warn(
+                f"precision={precision!r} was asked for, but OpenVINO runs {self.precision} on this CPU "
+                f"(its capabilities: {', '.join(openvino_cpu_capabilities())}; bf16 needs AVX-512 BF16 or AMX)",
+                UserWarning,
+                stacklevel=2,
+            )
         self._lock = threading.Lock()
         self._image_size: tuple[int, int] | None = None
         self._pixels: Any = None  # the image set_image encoded (everything mode's crops need its pixels)
