@@ -165,6 +165,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append(f"- **date:** {machine.get('date')}{load_text}")
     if results.get("machine_note"):
         lines.append(f"- **note:** {results['machine_note']}")
+    for path, why in (results.get("skipped_paths") or {}).items():
+        lines.append(f"- **not run:** {PATH_LABELS.get(path, path)}: {why}")
     lines.append(f"- **image:** {results['image']['description']}")
     px, py = results["prompt"]["point"]
     lines.append(f"- **prompt:** one positive point at ({px:g}, {py:g}); SAM family: 3 multimask masks at full "

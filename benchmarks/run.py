@@ -508,6 +508,21 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
     return model
 
 
+def skipped_paths(paths: Sequence[str], machine: dict[str, Any]) -> dict[str, str]:
+    """Paths not worth running on this machine, with the reason: the bf16 path where OpenVINO has no bf16.
+
+    On a CPU without AVX-512 BF16 or AMX, OpenVINO compiles a bf16 request at f32, so that path would
+    repeat the f32 row under a bf16 label.
+    """
+    capabilities = (machine.get("openvino_cpu") or {}).get("optimization_capabilities")
+    if "fastseg-openvino-bf16" not in paths or capabilities is None or "BF16" in capabilities:
+        return {}
+    return {"fastseg-openvino-bf16": (
+        f"this CPU has no bf16 in OpenVINO (capabilities {', '.join(capabilities)}; bf16 needs AVX-512 BF16 or "
+        "AMX), so OpenVINO would run that path at f32 and repeat the f32 row"
+    )}
+
+
 def count_failures(results: dict[str, Any]) -> int:
     failures = 0
     for model in results["models"].values():
@@ -525,6 +540,8 @@ def run(config: BenchConfig) -> int:
     with bench_lock(config.cache):
         started = time.perf_counter()
         machine = describe_machine()
+        skipped = skipped_paths(config.paths, machine)
+        config.paths = [p for p in config.paths if p not in skipped]
         image, description = load_bench_image(config.image)
         h, w = image.shape[:2]
         point = config.point if config.point is not None else (w / 2, h / 2)
@@ -538,6 +555,10 @@ def run(config: BenchConfig) -> int:
             "prompt": {"point": [float(point[0]), float(point[1])], "label": 1},
             "models": {},
         }
+        if skipped:
+            results["skipped_paths"] = skipped
+            for path, why in skipped.items():
+                log(f"not running {path}: {why}")
         with tempfile.TemporaryDirectory(prefix="fastseg-bench-") as tmp:
             work = Path(tmp)
             image_path = work / "image.npy"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastseg.backends import openvino_supports_bf16
 from fastseg.rle import encode
 from fastseg_bench import run as bench_run
 from fastseg_bench.machine import machine_line, parse_cpuinfo, parse_meminfo
@@ -307,6 +308,22 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
     assert (np.abs(pixels.astype(int) - [8, 81, 156]).sum(axis=2) < 10).sum() > 500
 
 
+def test_bf16_path_is_skipped_where_openvino_has_no_bf16() -> None:
+    paths = list(PATHS)
+    without = {"openvino_cpu": {"optimization_capabilities": ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]}}
+    with_bf16 = {"openvino_cpu": {"optimization_capabilities": ["FP32", "BF16", "INT8"]}}
+    skipped = bench_run.skipped_paths(paths, without)
+    assert list(skipped) == ["fastseg-openvino-bf16"]
+    assert "no bf16 in OpenVINO (capabilities FP32, INT8, BIN, EXPORT_IMPORT" in skipped["fastseg-openvino-bf16"]
+    assert bench_run.skipped_paths(paths, with_bf16) == {}
+    assert bench_run.skipped_paths(["pytorch", "fastseg-openvino-f32"], without) == {}
+    assert bench_run.skipped_paths(paths, {"openvino_cpu": {"error": "no openvino"}}) == {}  # unknown: run it
+    results = fake_results()
+    assert "**not run:**" not in render_markdown(results)
+    results["skipped_paths"] = skipped
+    assert "- **not run:** fastseg OpenVINO bf16: this CPU has no bf16 in OpenVINO" in render_markdown(results)
+
+
 def test_machine_parsing() -> None:
     cpu = parse_cpuinfo("processor : 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
                         "processor : 1\nmodel name\t: Some CPU\nflags : fpu\n")
@@ -316,7 +333,7 @@ def test_machine_parsing() -> None:
     assert parse_meminfo("nothing") is None
     line = machine_line({"cpu_model": "X", "logical_cores": 4, "physical_cores": 2, "usable_cores": 3,
                          "ram_bytes": 2**30, "flags": cpu["flags"]})
-    assert line.startswith("X, 4 logical cores (2 physical, 3 usable), 1.0 GiB RAM; AVX-512 yes")
+    assert line.startswith("X, 4 logical cores (2 physical, 3 usable), 1.0 GiB RAM; AVX2 yes, AVX-512 yes")
 
 
 def test_timed_session_records_each_run() -> None:
@@ -473,11 +490,18 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
     assert "random weights (seed 0)" in md and "Timings on random weights equal timings on real weights" in md
     main_table = md.split("### bf16 vs f32")[0].splitlines()
     rows = {line.split(" | ")[1]: line.split(" | ") for line in main_table if line.startswith("| mobile_sam |")}
-    assert set(rows) == {PATH_LABELS[p] for p in PATHS if "sam" in PATHS[p]}
+    bf16 = openvino_supports_bf16()
+    run_paths = [p for p in PATHS if "sam" in PATHS[p] and (bf16 or p != "fastseg-openvino-bf16")]
+    assert set(rows) == {PATH_LABELS[p] for p in run_paths}
     for cells in rows.values():
         assert all(cell.strip() not in ("", "—") for cell in cells[3:13]), cells  # every figure present
-    assert rows["fastseg OpenVINO bf16"][2] == "bf16" and rows["fastseg OpenVINO f32"][2] == "f32"
-    assert "| mobile_sam | " in md.split("### bf16 vs f32 masks")[1]
+    assert rows["fastseg OpenVINO f32"][2] == "f32"
+    if bf16:
+        assert rows["fastseg OpenVINO bf16"][2] == "bf16"
+        assert "| mobile_sam | " in md.split("### bf16 vs f32 masks")[1]
+    else:  # OpenVINO would run the bf16 path at f32: it is left out, and the report says why
+        assert "- **not run:** fastseg OpenVINO bf16: this CPU has no bf16 in OpenVINO (capabilities FP32" in md
+        assert "### bf16 vs f32 masks" not in md
 
     results = json.loads((out / "bench.json").read_text())
     assert results["schema"] == "fastseg-bench/1"
@@ -485,7 +509,8 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
     assert results["image"]["size"] == [1080, 1620] and results["prompt"]["point"] == [810.0, 540.0]
     model = results["models"]["mobile_sam"]
     assert model["weights"] == "random weights (seed 0)" and model["model_dir"] == str(exported_model("mobile_sam"))
-    assert set(model["paths"]) == {"pytorch", "fastseg-onnxruntime", "fastseg-openvino-f32", "fastseg-openvino-bf16"}
+    assert set(model["paths"]) == set(run_paths)
+    assert ("fastseg-openvino-bf16" in results.get("skipped_paths", {})) is not bf16
     for name, path in model["paths"].items():
         assert path["status"] == "ok", (name, path)
         assert path["end_to_end_ms"]["n"] == 2 and path["click_ms"]["n"] == 5 and path["cold_start_s"]["n"] == 1
@@ -499,10 +524,12 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
         if name != "pytorch":
             assert path["info"]["torch_imported"] is False  # fastseg paths never load torch
             assert path["mask_vs_pytorch"]["pixels_pct"] > 90
-    per_graph = model["paths"]["fastseg-openvino-bf16"]["info"]["precision_per_graph"]
-    assert set(per_graph) == {"encoder", "decoder", "decoder_image", "decoder_points"}
-    assert set(per_graph.values()) in ({"bf16"}, {"f32"})  # f32 on CPUs without bf16
-    assert 0 < model["bf16_vs_f32"]["pixels_pct"] <= 100
+    for path, precision in (("fastseg-openvino-f32", "f32"), ("fastseg-openvino-bf16", "bf16")):
+        if path in model["paths"]:
+            per_graph = model["paths"][path]["info"]["precision_per_graph"]
+            assert per_graph == dict.fromkeys(("encoder", "decoder", "decoder_image", "decoder_points"), precision)
+    if bf16:
+        assert 0 < model["bf16_vs_f32"]["pixels_pct"] <= 100
     assert model["paths"]["pytorch"]["speedup"]["end_to_end"] == 1.0
 
     everything = model["everything"]
