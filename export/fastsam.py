@@ -340,7 +340,14 @@ def graphs(model: nn.Module, spec: ModelSpec) -> list[Graph]:
     ]
 
 
-def check_inputs(model: nn.Module, spec: ModelSpec, image: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def check_inputs(
+    model: nn.Module,
+    spec: ModelSpec,
+    image: np.ndarray,
+    known_outputs: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The network's input for a real photo, letterboxed by the runtime's own preprocessing
+    (``known_outputs`` stays untouched: no PyTorch output is computed here)."""
     tensor, _ = preprocess(image, spec.input_size, spec.stride)
     return {"network": {"images": tensor}}
 
