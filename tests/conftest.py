@@ -74,3 +74,99 @@ def photos() -> dict[str, np.ndarray]:
     from skimage import data
 
     return {name: np.ascontiguousarray(getattr(data, name)()) for name in ("chelsea", "astronaut", "coffee")}
+
+
+def _image_key(image: np.ndarray) -> tuple[tuple[int, ...], str]:
+    return tuple(image.shape), hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+class OfficialSam:
+    """The official SAM / MobileSAM models, built by their own builders from the session's random
+    checkpoints, and each image's PyTorch encoding, shared by the test modules (the ViT-B encoder
+    takes ~19 s per photo on two AVX2 cores)."""
+
+    def __init__(self, random_checkpoint: Callable[[str], Path]) -> None:
+        self._checkpoint = random_checkpoint
+        self._models: dict[str, object] = {}
+        self._features: dict[tuple, tuple] = {}
+
+    def model(self, name: str):  # noqa: ANN201 - a segment_anything / mobile_sam Sam
+        if name not in self._models:
+            if name == "mobile_sam":
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    from mobile_sam import sam_model_registry
+                arch = "vit_t"
+            else:
+                from segment_anything import sam_model_registry
+
+                arch = name.removeprefix("sam_")
+            # eval() after loading, as the MobileSAM README does (TinyViT caches attention biases in eval())
+            self._models[name] = sam_model_registry[arch](checkpoint=str(self._checkpoint(name))).eval()
+        return self._models[name]
+
+    def set_image(self, predictor, name: str, image: np.ndarray, image_format: str = "RGB") -> None:
+        """``predictor.set_image(image, image_format)`` of the original ``SamPredictor`` class, run once per image."""
+        key = (name, image_format, *_image_key(image))
+        if key not in self._features:
+            type(predictor).set_image(predictor, image, image_format)
+            self._features[key] = (predictor.features, predictor.original_size, predictor.input_size)
+            return
+        predictor.reset_image()
+        predictor.features, predictor.original_size, predictor.input_size = self._features[key]
+        predictor.is_image_set = True
+
+    def predictor(self, name: str, image: np.ndarray):  # noqa: ANN201 - the original SamPredictor
+        """A new official ``SamPredictor`` with ``image`` set."""
+        if name == "mobile_sam":
+            from mobile_sam import SamPredictor
+        else:
+            from segment_anything import SamPredictor
+        predictor = SamPredictor(self.model(name))
+        self.set_image(predictor, name, image)
+        return predictor
+
+
+@pytest.fixture(scope="session")
+def official_sam(random_checkpoint: Callable[[str], Path]) -> OfficialSam:
+    return OfficialSam(random_checkpoint)
+
+
+class FastsegCache:
+    """fastseg Predictors of the session's exported models, and each image's encoding per model,
+    backend and precision, shared by the test modules (``set_image`` runs the encoder or network
+    once per image; later calls restore it with ``set_image_embedding``)."""
+
+    def __init__(self, exported_model: Callable[[str], Path], compiled_dir: Path) -> None:
+        self.exported_model = exported_model
+        self.compiled_dir = compiled_dir
+        self._predictors: dict[tuple, object] = {}
+        self._embeddings: dict[tuple, object] = {}
+
+    def predictor(self, name: str, backend: str = "openvino", precision: str = "f32", **options: float):  # noqa: ANN201
+        """A Predictor (shared; ``options``: FastSAM's ``conf`` / ``iou``)."""
+        from fastseg import Predictor
+
+        key = (name, backend, precision, tuple(sorted(options.items())))
+        if key not in self._predictors:
+            self._predictors[key] = Predictor(
+                self.exported_model(name), backend=backend, precision=precision, cache_dir=self.compiled_dir, **options
+            )
+        return self._predictors[key]
+
+    def set_image(self, predictor, image: np.ndarray):  # noqa: ANN001, ANN201
+        """``predictor.set_image(image)``, encoding each image once per model, backend and precision."""
+        key = (predictor.model_name, predictor.backend, predictor.precision, *_image_key(image))
+        if key in self._embeddings:
+            predictor.set_image_embedding(self._embeddings[key])
+        else:
+            predictor.set_image(image)
+            self._embeddings[key] = predictor.get_image_embedding()
+        return predictor
+
+
+@pytest.fixture(scope="session")
+def fastseg_cache(exported_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> FastsegCache:
+    return FastsegCache(exported_model, tmp_path_factory.mktemp("ov_cache"))

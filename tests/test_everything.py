@@ -24,7 +24,6 @@ with IoU >= 0.98; matched masks must also come from the same point and crop.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -482,40 +481,18 @@ def test_synthetic_cases_exercise_each_stage(photos) -> None:
 
 
 class _Official:
-    """Official models built by the official builders from the same checkpoint file; each image
-    (or crop) is encoded once in PyTorch and reused across generator runs."""
+    """The official generators, on the session's official models (conftest ``official_sam``): each
+    image (or crop) is encoded once in PyTorch and reused across generator runs and test modules."""
 
-    def __init__(self, random_checkpoint: Any) -> None:
-        self.random_checkpoint = random_checkpoint
-        self.models: dict[str, torch.nn.Module] = {}
-        self.features: dict[tuple[str, str], Any] = {}
-
-    def model(self, name: str) -> torch.nn.Module:
-        if name not in self.models:
-            if name == "mobile_sam":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    from mobile_sam import sam_model_registry
-                arch = "vit_t"
-            else:
-                from segment_anything import sam_model_registry
-
-                arch = name.removeprefix("sam_")
-            self.models[name] = sam_model_registry[arch](checkpoint=str(self.random_checkpoint(name))).eval()
-        return self.models[name]
+    def __init__(self, official_sam: Any) -> None:
+        self.official_sam = official_sam
 
     def generate(self, name: str, image: np.ndarray, **params: Any) -> list[dict[str, Any]]:
-        gen = _generator_class(name)(self.model(name), **params)
-        predictor, encode = gen.predictor, gen.predictor.set_image
+        gen = _generator_class(name)(self.official_sam.model(name), **params)
+        predictor = gen.predictor
 
         def set_image(crop: np.ndarray, image_format: str = "RGB") -> None:
-            key = (name, hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest() + str(crop.shape))
-            if key not in self.features:
-                encode(crop, image_format)
-                self.features[key] = (predictor.features, predictor.original_size, predictor.input_size)
-            predictor.reset_image()
-            predictor.features, predictor.original_size, predictor.input_size = self.features[key]
-            predictor.is_image_set = True
+            self.official_sam.set_image(predictor, name, crop, image_format)
 
         predictor.set_image = set_image
         with torch.no_grad():
@@ -523,18 +500,15 @@ class _Official:
 
 
 @pytest.fixture(scope="module")
-def official(random_checkpoint) -> _Official:
-    return _Official(random_checkpoint)
+def official(official_sam) -> _Official:
+    return _Official(official_sam)
 
 
 @pytest.fixture(scope="module")
-def predictors(exported_model) -> Any:
-    cache: dict[tuple[str, float], Predictor] = {}
-
+def predictors(fastseg_cache) -> Any:
     def get(name: str, conf: float = 0.4) -> Predictor:
-        if (name, conf) not in cache:
-            cache[name, conf] = Predictor(exported_model(name), precision="f32", cache_dir=False, conf=conf)
-        return cache[name, conf]
+        options = {"conf": conf} if name.startswith("fastsam") else {}
+        return fastseg_cache.predictor(name, "openvino", "f32", **options)
 
     return get
 
@@ -563,11 +537,11 @@ SAM_PHOTOS = {"mobile_sam": ("chelsea", "astronaut", "coffee"), "sam_vit_b": ("c
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "photo"), [(m, p) for m in SAM_PHOTOS for p in SAM_PHOTOS[m]])
-def test_sam_parity_nms_off_lowered_thresholds(name: str, photo: str, photos, predictors, official) -> None:
+def test_sam_parity_nms_off_lowered_thresholds(name: str, photo: str, photos, predictors, official,
+                                               fastseg_cache) -> None:
     """NMS off (box_nms_thresh=1.0), thresholds lowered from the observed distribution (see module doc)."""
     image = photos[photo]
-    predictor = predictors(name)
-    predictor.set_image(image)
+    predictor = fastseg_cache.set_image(predictors(name), image)
     params = {"points_per_side": 8, "box_nms_thresh": 1.0, **_thresholds_from_distribution(predictor, 8)}
     ours = predictor.everything(**params)
     reference = official.generate(name, image, **params)
@@ -589,13 +563,17 @@ def test_sam_parity_nms_off_lowered_thresholds(name: str, photo: str, photos, pr
         ("sam_vit_b", "chelsea", {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}),
     ],
 )
-def test_sam_parity_nms_on(name: str, photo: str, params: dict[str, Any], photos, predictors, official) -> None:
+def test_sam_parity_nms_on(name: str, photo: str, params: dict[str, Any], photos, predictors, official,
+                           fastseg_cache) -> None:
     """NMS on (box_nms_thresh 0.7). Random-weight masks all span the image, so the original keeps
     exactly one (the highest predicted IoU); we must keep the same one. Stage-by-stage NMS behaviour
     with masks that differ is tested with the synthetic decoder above."""
     image = photos[photo]
     predictor = predictors(name)
-    predictor.set_image(image)
+    if params.get("crop_n_layers"):
+        predictor.set_image(image)  # crops are encoded from the pixels, which an embedding does not carry
+    else:
+        fastseg_cache.set_image(predictor, image)
     ours = predictor.everything(**params)
     reference = official.generate(name, image, **params)
     assert len(reference) >= 1

@@ -139,15 +139,13 @@ def model(request, exported_model, random_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def confs(model, photos):
+def confs(model, photos, fastseg_cache):
     """The confidence threshold per photo: 0.4, or lower where random weights find nothing at 0.4."""
-    from fastseg.predictor import Predictor
-
-    name, _, folder = model
-    predictor = Predictor(folder, precision="f32", cache_dir=False)
+    name, _, _ = model
+    predictor = fastseg_cache.predictor(name, "openvino", "f32", conf=DEFAULT_CONF, iou=IOU)
     out = {}
     for photo, rgb in photos.items():
-        predictor.set_image(rgb)
+        fastseg_cache.set_image(predictor, rgb)
         scores = np.sort(predictor.get_image_embedding().detections[0, 4])[::-1]
         above = int((scores > DEFAULT_CONF).sum())
         if MIN_DETECTIONS <= above <= fs.MAX_DET:
@@ -188,15 +186,13 @@ def _reference_prompt(references, photo, prompt):
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
-def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
-    from fastseg.predictor import Predictor
-
-    name, _, folder = model
+def test_fastsam_matches_ultralytics(model, references, photos, confs, backend, fastseg_cache):
+    name, _, _ = model
     nonempty_prompts = 0
     all_ious: list[float] = []
     for photo, rgb in photos.items():
-        predictor = Predictor(folder, backend=backend, precision="f32", conf=confs[photo], iou=IOU, cache_dir=False)
-        predictor.set_image(rgb)
+        predictor = fastseg_cache.predictor(name, backend, "f32", conf=confs[photo], iou=IOU)
+        fastseg_cache.set_image(predictor, rgb)
         result, _ = references[photo]
         assert len(result) >= MIN_DETECTIONS, (
             f"{name}/{photo}: only {len(result)} detections; the test would be vacuous"
@@ -225,13 +221,14 @@ def test_fastsam_matches_ultralytics(model, references, photos, confs, backend):
     assert nonempty_prompts >= 2 * len(photos), f"only {nonempty_prompts} prompt sets selected any mask"
 
 
-def test_fastsam_end_to_end_prompt_call(model, photos, confs):
-    """One real ``FastSAM.predict(..., points=, labels=, bboxes=)`` call per model (no shortcut)."""
+@pytest.mark.parametrize("model", ["fastsam_s"], indirect=True)
+def test_fastsam_end_to_end_prompt_call(model, photos, confs, fastseg_cache):
+    """One real ``FastSAM.predict(..., points=, labels=, bboxes=)`` call (no shortcut): the path that
+    runs the prompt rules inside ultralytics' predictor, where the other tests call ``prompt`` on its
+    results. The rules do not depend on the network, so FastSAM-s stands for both models here."""
     from ultralytics import FastSAM
 
-    from fastseg.predictor import Predictor
-
-    name, checkpoint, folder = model
+    name, checkpoint, _ = model
     rgb = photos["coffee"]
     h, w = rgb.shape[:2]
     points, labels, boxes = [[w // 2, h // 2], [w // 4, h // 4]], [1, 0], [[0.1 * w, 0.1 * h, 0.7 * w, 0.9 * h]]
@@ -246,8 +243,8 @@ def test_fastsam_end_to_end_prompt_call(model, photos, confs):
         imgsz=1024,
         verbose=False,
     )[0]
-    predictor = Predictor(folder, precision="f32", conf=confs["coffee"], iou=IOU, cache_dir=False)
-    predictor.set_image(rgb)
+    predictor = fastseg_cache.predictor(name, "openvino", "f32", conf=confs["coffee"], iou=IOU)
+    fastseg_cache.set_image(predictor, rgb)
     ours = predictor.predict(points=points, labels=labels, boxes=boxes)
     assert len(ref) >= 1
     _match(ours, ref.masks.data.numpy().astype(bool), ref.boxes.conf.numpy(), ref.boxes.xyxy.numpy(),
@@ -289,8 +286,12 @@ def test_bf16_agreement_is_reported(model, photos, confs):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("model", ["fastsam_s"], indirect=True)
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
+    """The network graph at input shapes it was not traced at. Both models come from one export
+    recipe; FastSAM-x's graph runs at the photos' own letterbox shapes (1024x1024, 704x1024) in the
+    parity tests above, on both backends."""
     from fastseg.backends import open_session
     from fastseg.manifest import load_model_folder
     from fastseg_export.fastsam import FastSamNetwork, load_model
@@ -298,9 +299,7 @@ def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
     name, checkpoint, folder = model
     network = FastSamNetwork(load_model(get_spec(name), checkpoint))
     session = open_session(load_model_folder(folder), "network", backend, "f32", cache_dir=False)
-    shapes = (
-        [(1024, 1024), (448, 1024), (1024, 704), (320, 512)] if name == "fastsam_s" else [(1024, 1024), (448, 1024)]
-    )
+    shapes = [(1024, 1024), (448, 1024), (1024, 704), (320, 512)]
     rng = np.random.default_rng(0)
     for h, w in shapes:
         x = rng.uniform(0, 1, (1, 3, h, w)).astype(np.float32)
@@ -376,7 +375,7 @@ def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path
         load_model(spec, tmp_path / "conv.pt")
 
 
-def test_random_checkpoint_is_deterministic(tmp_path):
+def test_random_checkpoint_is_deterministic(tmp_path, random_checkpoint):
     from fastseg_export.fastsam import write_random_checkpoint
 
     spec = get_spec("fastsam_s")
@@ -385,34 +384,30 @@ def test_random_checkpoint_is_deterministic(tmp_path):
         path = tmp_path / f"{i}.pt"
         write_random_checkpoint(spec, path, seed=1)
         digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
-    write_random_checkpoint(spec, tmp_path / "other.pt", seed=2)
     assert digests[0] == digests[1]
-    assert hashlib.sha256((tmp_path / "other.pt").read_bytes()).hexdigest() != digests[0]
+    # the session's checkpoint has seed 0
+    assert hashlib.sha256(random_checkpoint("fastsam_s").read_bytes()).hexdigest() != digests[0]
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_calibrated_random_model_finds_objects_at_default_conf(model, photos):
+def test_calibrated_random_model_finds_objects_at_default_conf(model, photos, fastseg_cache):
     """The calibration that makes these tests meaningful: tens to hundreds of detections at 0.4."""
-    from fastseg.predictor import Predictor
-
-    name, _, folder = model
-    predictor = Predictor(folder, conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
-    predictor.set_image(photos["coffee"])
+    name, _, _ = model
+    predictor = fastseg_cache.predictor(name, "openvino", "f32", conf=DEFAULT_CONF, iou=IOU)
+    fastseg_cache.set_image(predictor, photos["coffee"])
     found = len(predictor._engine.everything())
     assert MIN_DETECTIONS <= found <= fs.MAX_DET, f"{name}: {found} detections on coffee at conf 0.4"
 
 
-def test_mask_assembly_time_is_reported(model, photos):
+def test_mask_assembly_time_is_reported(model, photos, fastseg_cache):
     """Where FastSAM post-processing time goes on a real output (printed, min of 3)."""
     import time
 
-    from fastseg.predictor import Predictor
-
-    name, _, folder = model
-    predictor = Predictor(folder, conf=DEFAULT_CONF, iou=IOU, cache_dir=False)
+    name, _, _ = model
+    predictor = fastseg_cache.predictor(name, "openvino", "f32", conf=DEFAULT_CONF, iou=IOU)
     rgb = photos["astronaut"]
     h, w = rgb.shape[:2]
-    predictor.set_image(rgb)
+    fastseg_cache.set_image(predictor, rgb)
     engine = predictor._engine
     embedding = engine.get_image_embedding()
     timings: dict[str, float] = {}

@@ -26,75 +26,31 @@ MIN_AGREEMENT = 0.999  # per mask, fraction of pixels equal to PyTorch's
 SCORE_ATOL = 1e-3
 LOGITS_MAX_REL = 1e-3  # max |low-res logits - PyTorch's| / max |PyTorch's|
 
-# SAM ViT-B's PyTorch encoder takes ~15 s per photo on two cores: one (non-square) photo for it.
-PHOTOS = {"mobile_sam": ("chelsea", "astronaut", "coffee"), "sam_vit_b": ("coffee",)}
+# SAM ViT-B's PyTorch encoder takes ~19 s per photo on two AVX2 cores: one (non-square) photo for it,
+# the one the everything-mode tests use too (the session caches its encodings).
+PHOTOS = {"mobile_sam": ("chelsea", "astronaut", "coffee"), "sam_vit_b": ("chelsea",)}
 BACKENDS = ("openvino", "onnxruntime")
 COMBOS = [(m, b, p) for m in PHOTOS for b in BACKENDS for p in PHOTOS[m]]
 
 
-def _official_model(name: str, checkpoint: Path) -> torch.nn.Module:
-    """The reference, built exactly as the originals' READMEs do (their builders load the file)."""
-    if name == "mobile_sam":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            from mobile_sam import sam_model_registry
-        arch = "vit_t"
-    else:
-        from segment_anything import sam_model_registry
-
-        arch = name.removeprefix("sam_")
-    model = sam_model_registry[arch](checkpoint=str(checkpoint))
-    return model.eval()  # after loading, as the MobileSAM README does (TinyViT caches attention biases in eval())
-
-
-def _predictor_class(name: str) -> Any:
-    if name == "mobile_sam":
-        from mobile_sam import SamPredictor
-    else:
-        from segment_anything import SamPredictor
-    return SamPredictor
-
-
 class _Cache:
-    """Encode every (model, photo) once in PyTorch and once per fastseg backend."""
+    """The session's official predictors and fastseg predictors (conftest), with this module's photos:
+    every (model, photo) is encoded once in PyTorch and once per fastseg backend."""
 
-    def __init__(self, exported_model, random_checkpoint, photos, compiled_dir: Path) -> None:
-        self.exported_model, self.random_checkpoint, self.photos = exported_model, random_checkpoint, photos
-        self.compiled_dir = compiled_dir
-        self.models: dict[str, torch.nn.Module] = {}
-        self.references: dict[tuple[str, str], Any] = {}
-        self.predictors: dict[tuple[str, str, str], Predictor] = {}
-        self.embeddings: dict[tuple[str, str, str, str], Any] = {}
+    def __init__(self, official_sam, fastseg_cache, exported_model, photos) -> None:
+        self.official, self.fastseg = official_sam, fastseg_cache
+        self.exported_model, self.photos = exported_model, photos
 
     def reference(self, name: str, photo: str) -> Any:
-        key = (name, photo)
-        if key not in self.references:
-            if name not in self.models:
-                self.models[name] = _official_model(name, self.random_checkpoint(name))
-            ref = _predictor_class(name)(self.models[name])
-            ref.set_image(self.photos[photo])
-            self.references[key] = ref
-        return self.references[key]
+        return self.official.predictor(name, self.photos[photo])
 
     def predictor(self, name: str, backend: str, photo: str, precision: str = "f32") -> Predictor:
-        pkey = (name, backend, precision)
-        if pkey not in self.predictors:
-            self.predictors[pkey] = Predictor(
-                self.exported_model(name), backend=backend, precision=precision, cache_dir=self.compiled_dir
-            )
-        predictor = self.predictors[pkey]
-        ekey = (name, backend, precision, photo)
-        if ekey in self.embeddings:
-            predictor.set_image_embedding(self.embeddings[ekey])
-        else:
-            predictor.set_image(self.photos[photo])
-            self.embeddings[ekey] = predictor.get_image_embedding()
-        return predictor
+        return self.fastseg.set_image(self.fastseg.predictor(name, backend, precision), self.photos[photo])
 
 
 @pytest.fixture(scope="module")
-def cache(exported_model, random_checkpoint, photos, tmp_path_factory) -> _Cache:
-    return _Cache(exported_model, random_checkpoint, photos, tmp_path_factory.mktemp("ov_cache"))
+def cache(official_sam, fastseg_cache, exported_model, photos) -> _Cache:
+    return _Cache(official_sam, fastseg_cache, exported_model, photos)
 
 
 def _prompts(case: str, h: int, w: int) -> dict[str, np.ndarray | None]:
@@ -333,7 +289,10 @@ def test_random_checkpoint_is_deterministic_and_official_format(tmp_path: Path, 
     assert not list(tmp_path.rglob("*.tmp"))  # the temporary file was renamed away
     # The official builder loads it with its own bare torch.load: same keys, same shapes.
     state = torch.load(a, map_location="cpu", weights_only=True)
-    assert set(state) == set(_official_model("mobile_sam", a).state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from mobile_sam import sam_model_registry
+    assert set(state) == set(sam_model_registry["vit_t"](checkpoint=str(a)).state_dict())
 
 
 def test_checkpoint_with_a_wrong_shape_is_refused(tmp_path: Path, random_checkpoint) -> None:
