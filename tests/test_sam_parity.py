@@ -230,6 +230,17 @@ def test_precision_is_what_openvino_runs(cache: _Cache) -> None:
     assert Predictor(folder, backend="onnxruntime", cache_dir=False).precision == "f32"
 
 
+def test_onnxruntime_arena_only_for_per_click_graphs(cache: _Cache) -> None:
+    """The encoder's activations are handed back after each image; the decoders keep ONNX Runtime's arena."""
+    from fastseg.backends import open_session
+    from fastseg.manifest import load_model_folder
+
+    folder = load_model_folder(cache.exported_model("mobile_sam"))
+    arena = {g: open_session(folder, g, "onnxruntime")._session.get_session_options().enable_cpu_mem_arena
+             for g in ("encoder", "decoder", "decoder_image", "decoder_points")}
+    assert arena == {"encoder": False, "decoder": True, "decoder_image": True, "decoder_points": True}
+
+
 def _prompt_kwargs(case: str, h: int, w: int) -> dict[str, Any]:
     p = _prompts(case, h, w)
     return {"points": p["points"], "labels": p["labels"], "boxes": p["boxes"]}
