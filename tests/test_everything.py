@@ -532,7 +532,8 @@ def _thresholds_from_distribution(predictor: Predictor, points_per_side: int) ->
     return {"pred_iou_thresh": iou_thresh, "stability_score_thresh": stab_thresh}
 
 
-SAM_PHOTOS = {"mobile_sam": ("chelsea", "astronaut", "coffee"), "sam_vit_b": ("chelsea",)}
+# astronaut is in the NMS-on cases below
+SAM_PHOTOS = {"mobile_sam": ("chelsea", "coffee"), "sam_vit_b": ("chelsea",)}
 
 
 @pytest.mark.slow
