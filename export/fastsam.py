@@ -247,7 +247,10 @@ def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:
 
     The dict ultralytics' trainer writes after ``strip_optimizer`` (the model in half precision,
     optimizer and EMA stripped, ``train_args``), loadable by ``ultralytics.FastSAM(path)``. The file
-    is written atomically (temporary file + ``os.replace``) and depends only on the seed.
+    is written atomically (temporary file + ``os.replace``) and depends only on the seed and on
+    torch's thread count (the BatchNorm calibration sums over images in parallel, and another split
+    of those sums rounds differently; ultralytics itself sets torch to ``os.cpu_count() - 1`` threads
+    when it predicts).
     """
     import ultralytics
     from ultralytics.utils import DEFAULT_CFG_DICT

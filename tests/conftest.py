@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 SEED = 0
 ROOT = Path(__file__).resolve().parents[1]
+TORCH_THREADS = torch.get_num_threads()  # torch's default, before anything changes it
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -50,6 +52,15 @@ def _hand_back_free_memory():
     yield
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """ultralytics sets torch to ``os.cpu_count() - 1`` threads whenever it predicts (1 on two cores);
+    every test starts with torch's own default again, so later PyTorch references use every core."""
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+    yield
 
 
 def _code_hash() -> str:
