@@ -183,7 +183,12 @@ class UltralyticsFastSamRunner:
         return self._masks(self.model.predict(image, **FASTSAM_PREDICT)[0])  # no prompt: every detection
 
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"api": self.api, "threads": self._threads,
+        import torch
+
+        # ultralytics' select_device() sets torch to min(8, cpu_count - 1) threads whenever it predicts
+        # (its default; 1 on a 2-core machine): read back what the timed runs used.
+        info: dict[str, Any] = {"api": self.api, "threads": torch.get_num_threads(),
+                                "torch_threads_before_ultralytics": self._threads,
                                 "network": "ultralytics Results.speed['inference']"}
         if self._everything is not None:
             info["detections_before_prompt"] = len(self._everything[0])
