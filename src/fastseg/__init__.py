@@ -15,6 +15,8 @@ __all__ = [
     "SegmentationResult",
     "__version__",
     "get_spec",
+    "load_embedding",
+    "save_embedding",
     "segment",
 ]
 
@@ -25,6 +27,10 @@ def __getattr__(name: str):
         from fastseg.predictor import Predictor
 
         return Predictor
+    if name in ("save_embedding", "load_embedding"):
+        from fastseg import embeddings
+
+        return getattr(embeddings, name)
     if name == "segment":
         from fastseg.api import segment
 
