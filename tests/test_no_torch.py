@@ -65,6 +65,8 @@ def test_full_predict_without_torch(name: str, exported_model, photos, tmp_path:
             predictor = fastseg.Predictor({str(folder)!r}, conf={conf})
             predictor.set_image(image)
             result = predictor.predict(points=[[225, 150]], labels=[1])
+            saved = fastseg.save_embedding({str(tmp_path / "emb.npz")!r}, predictor.get_image_embedding())
+            predictor.set_image_embedding(fastseg.load_embedding(saved))
             one = fastseg.segment(image, model={str(folder)!r}, boxes=[50, 50, 300, 250], conf={conf})
             print(json.dumps({{
                 "masks": list(result.masks.shape), "one": list(one.masks.shape),
