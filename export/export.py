@@ -252,12 +252,9 @@ def export_model(
     try:
         graphs = family.graphs(model, spec)
         image = default_check_image() if check_image is None else check_image
-        refs: dict[str, dict[str, np.ndarray]] = {}  # PyTorch's outputs per graph; some come with the inputs
-        inputs = family.check_inputs(model, spec, image, known_outputs=refs)
-        for graph in graphs:
-            if graph.name not in refs:
-                refs[graph.name] = reference_outputs(graph, inputs[graph.name])
-        refs = {graph.name: refs[graph.name] for graph in graphs}  # in graph order, for the report
+        known: dict[str, dict[str, np.ndarray]] = {}  # PyTorch outputs check_inputs computed on the way
+        inputs = family.check_inputs(model, spec, image, known_outputs=known)
+        refs = {g.name: known[g.name] if g.name in known else reference_outputs(g, inputs[g.name]) for g in graphs}
         entries: dict[str, Any] = {}
         for graph in graphs:
             log(f"[2/5] ONNX export of {graph.name} (opset {graph.opset})")

@@ -35,7 +35,11 @@ FORMAT = "fastseg-image-embedding/1"
 
 AnyEmbedding = ImageEmbedding | FastSamImageEmbedding
 
-# family -> the arrays each kind stores, besides the common metadata.
+# family -> the embedding class and the arrays it stores, besides the common metadata.
+_KINDS: dict[str, type[ImageEmbedding] | type[FastSamImageEmbedding]] = {
+    "sam": ImageEmbedding,
+    "fastsam": FastSamImageEmbedding,
+}
 _ARRAYS = {"sam": ("embedding",), "fastsam": ("detections", "protos")}
 _METADATA = ("format", "family", "model", "original_size", "input_size")
 
@@ -43,13 +47,10 @@ _METADATA = ("format", "family", "model", "original_size", "input_size")
 def save_embedding(path: str | os.PathLike[str], embedding: AnyEmbedding) -> Path:
     """Write ``embedding`` (from ``Predictor.get_image_embedding()``) to ``path`` as ``.npz``; returns the path.
 
-    NumPy appends ``.npz`` to a name without it; the returned path is the file actually written.
+    A name without the ``.npz`` suffix gets it appended; the returned path is the file actually written.
     """
-    if isinstance(embedding, ImageEmbedding):
-        family = "sam"
-    elif isinstance(embedding, FastSamImageEmbedding):
-        family = "fastsam"
-    else:
+    family = next((f for f, cls in _KINDS.items() if isinstance(embedding, cls)), None)
+    if family is None:
         raise TypeError(
             "expected an image embedding from Predictor.get_image_embedding() "
             f"(fastseg.sam.ImageEmbedding or fastseg.fastsam.FastSamImageEmbedding), got {type(embedding).__name__}"
@@ -106,8 +107,8 @@ def load_embedding(path: str | os.PathLike[str]) -> AnyEmbedding:
     if fmt != FORMAT:
         raise ValueError(f"{path}: embedding file format {fmt!r}, this fastseg reads {FORMAT!r}")
     family = str(contents["family"])
-    if family not in _ARRAYS:
-        raise ValueError(f"{path}: unknown model family {family!r}, expected one of {sorted(_ARRAYS)}")
+    if family not in _KINDS:
+        raise ValueError(f"{path}: unknown model family {family!r}, expected one of {sorted(_KINDS)}")
     missing = [key for key in _ARRAYS[family] if key not in contents]
     if missing:
         raise ValueError(f"{path}: a {family} embedding file needs arrays {list(_ARRAYS[family])}; missing {missing}")
@@ -120,7 +121,5 @@ def load_embedding(path: str | os.PathLike[str]) -> AnyEmbedding:
         if value.shape != (2,) or value.dtype.kind not in "iu" or (value <= 0).any():
             raise ValueError(f"{path}: {key} must be two positive integers (height, width), got {value!r}")
         sizes[key] = (int(value[0]), int(value[1]))
-    model = str(contents["model"])
-    if family == "sam":
-        return ImageEmbedding(embedding=contents["embedding"], model=model, **sizes)
-    return FastSamImageEmbedding(model=model, detections=contents["detections"], protos=contents["protos"], **sizes)
+    arrays = {key: contents[key] for key in _ARRAYS[family]}
+    return _KINDS[family](model=str(contents["model"]), **sizes, **arrays)
