@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fastseg.paths import cache_dir
+
 SEED = 0
 COMPLETE = "bench-complete.json"
 ULTRALYTICS_IMGSZ = 1024
@@ -35,8 +37,7 @@ def log(message: str) -> None:
 
 def default_cache_root() -> Path:
     """``$FASTSEG_CACHE/bench`` or ``~/.cache/fastseg/bench``."""
-    root = os.environ.get("FASTSEG_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fastseg") / "bench"
+    return cache_dir("bench")
 
 
 def _version(package: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
 from fastseg_bench.machine import machine_line, versions_line
 from fastseg_bench.stats import speedup
 
@@ -302,7 +303,8 @@ def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]
     grid = f"points_per_side {', '.join(map(str, points))}" if points else ""
     lines = ["", "### Everything mode (automatic masks, whole image)", "",
              f"SAM family: `SamAutomaticMaskGenerator` and `Predictor.everything` at the original's defaults"
-             f"{f' ({grid})' if grid else ''}; FastSAM: every detection after NMS (conf 0.4, iou 0.9, retina masks). "
+             f"{f' ({grid})' if grid else ''}; FastSAM: every detection after NMS "
+             f"(conf {DEFAULT_CONF}, iou {DEFAULT_IOU}, retina masks). "
              "Time from the image in memory (encoding included) to all masks; × against the PyTorch original; "
              "matched: the original's masks with a one-to-one counterpart at IoU >= 0.98.", "",
              "| model | path | precision | everything s | × | masks | matched to PyTorch | peak RSS MiB | × |",

@@ -32,6 +32,10 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from fastseg.backends import precision_name  # noqa: E402
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU  # noqa: E402
+from fastseg_export.references import SAM_ARCH  # noqa: E402
+
 #: Every path the benchmark knows, in table order, with the families it applies to.
 PATHS: dict[str, tuple[str, ...]] = {
     "pytorch": ("sam", "fastsam"),
@@ -41,11 +45,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     "fastseg-openvino-bf16": ("sam", "fastsam"),
 }
 
-#: ``segment_anything`` / ``mobile_sam`` registry key of each SAM-family model.
-SAM_ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "mobile_sam": "vit_t"}
-
 #: ultralytics FastSAM prediction settings: FastSAM's published defaults, as the issue prescribes.
-FASTSAM_PREDICT = {"retina_masks": True, "imgsz": 1024, "conf": 0.4, "iou": 0.9, "verbose": False}
+FASTSAM_PREDICT = {"retina_masks": True, "imgsz": 1024, "conf": DEFAULT_CONF, "iou": DEFAULT_IOU, "verbose": False}
 
 
 def log(message: str) -> None:
@@ -197,7 +198,7 @@ class UltralyticsFastSamRunner:
         if compiled is not None:
             # ultralytics compiles with {"PERFORMANCE_HINT": "LATENCY"} only, so the CPU plugin picks its
             # default precision: bf16 on CPUs with AVX-512 BF16 or AMX, f32 elsewhere. Read it back.
-            info["precision"] = _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            info["precision"] = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
             info["precision_source"] = "OpenVINO CPU default (ultralytics sets no precision hint), read back"
             info["ov_execution_devices"] = list(compiled.get_property("EXECUTION_DEVICES"))
             info["openvino_threads"] = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -227,48 +228,32 @@ class TimedSession:
 
     def inference_precision(self) -> str | None:
         """The precision OpenVINO actually compiled with (None for ONNX Runtime)."""
-        compiled = getattr(self._inner, "_compiled", None)
-        if compiled is None:
-            return None
-        return _ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return getattr(self._inner, "precision", None) if self._inner.backend == "openvino" else None
 
     def threads(self) -> int | None:
         """OpenVINO's inference thread count as compiled (None for ONNX Runtime)."""
-        compiled = getattr(self._inner, "_compiled", None)
-        return None if compiled is None else int(compiled.get_property("INFERENCE_NUM_THREADS"))
-
-
-def _ov_type_name(value: Any) -> str:
-    name = value.to_string() if hasattr(value, "to_string") else str(value)
-    return {"f32": "f32", "bf16": "bf16", "f16": "f16"}.get(name, name)
+        return getattr(self._inner, "threads", None) if self._inner.backend == "openvino" else None
 
 
 class FastsegRunner:
     """``fastseg.Predictor(model_dir, backend, precision)``: ``set_image`` then ``predict``."""
 
     def __init__(self, job: dict[str, Any], backend: str, precision: str) -> None:
-        import fastseg.predictor as predictor_module
+        from fastseg import Predictor
 
         self._times: dict[str, list[float]] = {}
         self._sessions: dict[str, TimedSession] = {}
-        original = predictor_module.open_session
 
-        def timed_open_session(folder: Any, graph: str, *args: Any, **kwargs: Any) -> TimedSession:
-            session = TimedSession(original(folder, graph, *args, **kwargs), graph, self._times)
-            self._sessions[graph] = session
-            return session
+        def timed(graph: str, session: Any) -> TimedSession:  # times each graph's runs inside the real pipeline
+            self._sessions[graph] = TimedSession(session, graph, self._times)
+            return self._sessions[graph]
 
-        predictor_module.open_session = timed_open_session  # time each graph's run inside the real pipeline
-        try:
-            self.predictor = predictor_module.Predictor(job["model_dir"], backend=backend, precision=precision)
-        finally:
-            predictor_module.open_session = original
+        self.predictor = Predictor(job["model_dir"], backend=backend, precision=precision, session_wrapper=timed)
         self.family = self.predictor.folder.family
         self.network_graph = "encoder" if self.family == "sam" else "network"
         if self.network_graph not in self._sessions:
             raise RuntimeError(
-                f"could not time the {self.network_graph!r} graph: the Predictor opened "
-                f"{sorted(self._sessions) or 'no sessions'} through fastseg.predictor.open_session"
+                f"could not time the {self.network_graph!r} graph: the Predictor opened {sorted(self._sessions)}"
             )
         self.backend, self.precision = backend, precision
         self.last_network_s: float | None = None
@@ -296,10 +281,7 @@ class FastsegRunner:
         return self._predict(point)
 
     def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
-        from fastseg.everything import records_to_masks
-
-        records = self.predictor.everything(image, **params)
-        return records_to_masks(records, (int(image.shape[0]), int(image.shape[1])))
+        return self.predictor.everything(image, **params).masks
 
     def info(self) -> dict[str, Any]:
         compiled = {g: s.inference_precision() for g, s in self._sessions.items()}

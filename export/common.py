@@ -14,13 +14,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or not the model it was given as."""
-
-
-class ExportError(RuntimeError):
-    """An export could not be completed (conversion or self-check failed)."""
+from fastseg_export.errors import CheckpointError
 
 
 @dataclass

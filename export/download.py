@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from fastseg.paths import cache_dir
 from fastseg.registry import REGISTRY, ModelSpec, get_spec
-from fastseg_export.common import CheckpointError
+from fastseg_export.errors import CheckpointError
 
 __all__ = [
     "CACHE_ENV",
@@ -54,11 +55,8 @@ _USER_AGENT = "fastseg-checkpoint-download (python-urllib)"
 
 
 def default_cache_dir() -> Path:
-    """``$FASTSEG_CACHE`` if set, else ``~/.cache/fastseg/checkpoints``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fastseg" / "checkpoints"
+    """``$FASTSEG_CACHE/checkpoints`` if set, else ``~/.cache/fastseg/checkpoints``."""
+    return cache_dir("checkpoints")
 
 
 def _url_env_name(spec: ModelSpec) -> str:

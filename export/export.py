@@ -27,7 +27,8 @@ import numpy as np
 from fastseg import __version__
 from fastseg.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from fastseg.registry import ModelSpec, get_spec
-from fastseg_export.common import CheckpointError, ExportError, Graph, sha256_file
+from fastseg_export.common import Graph, sha256_file
+from fastseg_export.errors import CheckpointError, ExportError
 from fastseg_export.random_weights import family_module, random_weights_label
 
 #: Relative max error allowed between PyTorch and a backend: max|out - ref| / max|ref|.

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, MAX_DET, PAD_VALUE, preprocess
+from fastseg.fastsam import preprocess
 from fastseg.registry import ModelSpec
-from fastseg_export.common import CheckpointError, Graph, atomic_torch_save, load_allowlisted
+from fastseg_export.common import Graph, atomic_torch_save, load_allowlisted
+from fastseg_export.errors import CheckpointError
 
 #: ultralytics model YAML and the structure that tells the two variants apart: output channels of the
 #: stem convolution and number of bottlenecks in the first C2f (width and depth multipliers).
@@ -206,7 +207,7 @@ def _calibration_inputs(spec: ModelSpec) -> list[torch.Tensor]:
     from skimage import data
 
     return [
-        torch.from_numpy(preprocess(np.ascontiguousarray(getattr(data, name)()), spec.input_size, spec.stride)[0])
+        torch.from_numpy(preprocess(np.ascontiguousarray(getattr(data, name)()), spec)[0])
         for name in CALIBRATION_PHOTOS
     ]
 
@@ -351,19 +352,10 @@ def check_inputs(
 ) -> dict[str, dict[str, np.ndarray]]:
     """The network's input for a real photo, letterboxed by the runtime's own preprocessing
     (``known_outputs`` stays untouched: no PyTorch output is computed here)."""
-    tensor, _ = preprocess(image, spec.input_size, spec.stride)
+    tensor, _ = preprocess(image, spec)
     return {"network": {"images": tensor}}
 
 
 def manifest_extra(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    head = model.model[-1]
-    return {
-        "num_classes": int(head.nc),
-        "names": {str(k): str(v) for k, v in dict(getattr(model, "names", CLASS_NAMES)).items()},
-        "num_mask_coefficients": int(head.nm),
-        "strides": [int(s) for s in head.stride.tolist()],
-        "letterbox": {"auto": True, "stride": spec.stride, "pad_value": PAD_VALUE, "resize": "opencv INTER_LINEAR"},
-        "defaults": {"conf": DEFAULT_CONF, "iou": DEFAULT_IOU, "max_det": MAX_DET, "retina_masks": True},
-        "yolo_scale": _variant(spec)["scale"],
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-    }
+    """What the runtime reads besides the spec: the number of mask coefficients per detection."""
+    return {"num_mask_coefficients": int(model.model[-1].nm)}

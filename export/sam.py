@@ -42,15 +42,15 @@ from torch import nn
 
 from fastseg.registry import ModelSpec
 from fastseg_export.common import (
-    CheckpointError,
     Graph,
     atomic_torch_save,
     check_state_dict_matches,
     load_state_dict,
 )
+from fastseg_export.errors import CheckpointError
+from fastseg_export.references import SAM_ARCH
 
 #: ``segment_anything`` / ``mobile_sam`` registry key of each fastseg model name.
-_ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "mobile_sam": "vit_t"}
 
 #: Scale applied to the last layer of each hypernetwork MLP of a random-weight mask decoder, so its
 #: logits are as decisive as a trained model's (std ~1.4 instead of ~0.05; shared REFERENCE.md).
@@ -62,8 +62,8 @@ LOW_RES_SIZE = 256
 
 
 def _registry(spec: ModelSpec) -> dict[str, Any]:
-    if spec.name not in _ARCH:
-        raise ValueError(f"{spec.name!r} is not a SAM-family model; expected one of {sorted(_ARCH)}")
+    if spec.name not in SAM_ARCH:
+        raise ValueError(f"{spec.name!r} is not a SAM-family model; expected one of {sorted(SAM_ARCH)}")
     if spec.name == "mobile_sam":
         with warnings.catch_warnings():
             # On import mobile_sam re-registers TinyViT names in timm's registry (UserWarning) through
@@ -78,7 +78,7 @@ def _registry(spec: ModelSpec) -> dict[str, Any]:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The official architecture of ``spec`` with its default (random) initialisation, no weights loaded."""
-    model = _registry(spec)[_ARCH[spec.name]](checkpoint=None)
+    model = _registry(spec)[SAM_ARCH[spec.name]](checkpoint=None)
     return model.float()
 
 
@@ -149,16 +149,12 @@ class SamDecoder(nn.Module):
 
     The image side is computed once for all B prompt sets (see :meth:`predict_masks`) and
     ``mask_input`` may have batch 1 (shared by every set) or B, as ``PromptEncoder`` allows.
-    Against a graph of the original ``predict_masks`` (same inputs, one click, OpenVINO, min of 80
-    interleaved runs, 2-core AVX-512 host): 38.1 -> 34.6 ms at f32, 24.6 -> 21.2 ms at bf16.
 
     Two rewrites that keep every output (the same sums in another order) and remove most of the work
     that scales with the 4096 image tokens: the cross-attentions project the few tokens instead of
     the image (:func:`attend_tokens_to_image`, :func:`attend_image_to_tokens`), and the mask
-    upscaling runs channels-last as matrix products (:meth:`masks_channels_last`). ``decoder_points``
-    on a 2-core AVX2 host (AMD EPYC Zen 3, f32, OpenVINO, median of 30 interleaved runs): one click
-    54.5 ms -> 45.6 ms (attention) -> 37.5 ms (both); 32 prompt sets (everything mode) 52.2 -> 29.6
-    ms per set. ONNX Runtime: 62.5 -> 35.8 ms per click.
+    upscaling runs channels-last as matrix products (:meth:`masks_channels_last`). What each rewrite
+    saves is in docs/PERFORMANCE.md.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -205,7 +201,7 @@ class SamDecoder(nn.Module):
         """``TwoWayTransformer.forward`` with the image side flattened by one NCHW -> NHWC transpose.
 
         The original's ``flatten(2).permute(0, 2, 1)`` became two slow 3-D transposes in OpenVINO (one
-        per consumer, ~1.6 ms each); a 4-D (0, 2, 3, 1) transpose is done once. The positional
+        per consumer); a 4-D (0, 2, 3, 1) transpose is done once. The positional
         encoding is constant and enters pre-flattened.
         """
         t = self.mask_decoder.transformer
@@ -247,7 +243,7 @@ class SamDecoder(nn.Module):
         whole chain runs on ``(pixels, channels)`` matrices (two products, a last-axis layer norm and the
         GELUs, each element computed as the original computes it), sub-pixels in (i, j) order, and only
         the ``(B, M, 256, 256)`` masks are permuted into image order at the end. The NCHW original
-        transposes the 4096 x 256 image into the convolution's layout first (~3 ms of a click).
+        transposes the 4096 x 256 image into the convolution's layout first.
         """
         conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
         batch = keys.shape[0]
@@ -525,7 +521,7 @@ def check_inputs(
 
     The PyTorch encoder's output on the photo is computed here (the decoders need it) and, when
     ``known_outputs`` is given, stored there as the ``encoder`` graph's reference, so the export does
-    not run the encoder a second time (ViT-B: ~19 s on a 2-core AVX2 CPU; ViT-H: minutes).
+    not run the encoder a second time (the encoder is most of an export's time).
 
     The decoder gets the PyTorch encoder's embedding of the photo and two prompt sets in one batch,
     laid out by :func:`fastseg.sam.build_prompt_arrays` as the runtime does: one foreground point

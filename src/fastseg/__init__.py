@@ -3,13 +3,22 @@
 The runtime needs numpy, openvino and pillow only; it never imports torch.
 """
 
+from typing import TYPE_CHECKING
+
+from fastseg.records import MaskRecords
 from fastseg.registry import REGISTRY, ModelSpec, get_spec
 from fastseg.results import SegmentationResult
+
+if TYPE_CHECKING:  # imported lazily by __getattr__ below; type checkers see the real names
+    from fastseg.api import segment
+    from fastseg.embeddings import load_embedding, save_embedding
+    from fastseg.predictor import Predictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "MaskRecords",
     "ModelSpec",
     "Predictor",
     "SegmentationResult",
@@ -21,7 +30,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Predictor and segment pull in the backends; import them on first use so `import fastseg` stays light.
     if name == "Predictor":
         from fastseg.predictor import Predictor

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import numpy.typing as npt
+
+from fastseg.backends import Backend, Precision
 from fastseg.image import ImageLike
 from fastseg.results import SegmentationResult
 
@@ -12,29 +15,31 @@ from fastseg.results import SegmentationResult
 def segment(
     image: ImageLike,
     model: str | Path,
-    points: Any = None,
-    labels: Any = None,
-    boxes: Any = None,
-    mask_input: Any = None,
+    points: npt.ArrayLike | None = None,
+    labels: npt.ArrayLike | None = None,
+    boxes: npt.ArrayLike | None = None,
+    mask_input: npt.ArrayLike | None = None,
     multimask: bool = True,
-    backend: Literal["openvino", "onnxruntime"] = "openvino",
-    precision: Literal["f32", "bf16"] = "f32",
+    backend: Backend = "openvino",
+    precision: Precision = "f32",
     everything: bool = False,
     everything_options: dict[str, Any] | None = None,
     **predictor_options: Any,
-) -> SegmentationResult | list[dict[str, Any]]:
+) -> SegmentationResult:
     """Segment ``image`` with the model folder ``model`` from point and/or box prompts.
 
     This builds a :class:`~fastseg.predictor.Predictor` for the one call; to prompt the same image
     several times, keep a Predictor instead (the image is encoded once).
 
-    With ``everything=True`` (and no prompts) it segments the whole image instead and returns the
-    records of :meth:`~fastseg.predictor.Predictor.everything`; ``everything_options`` are its
-    parameters (e.g. ``{"points_per_side": 16}``).
+    With ``everything=True`` (and no prompts) it segments the whole image instead
+    (:meth:`~fastseg.predictor.Predictor.everything`, with ``everything_options`` as its parameters,
+    e.g. ``{"points_per_side": 16}``). Either way the answer is a :class:`SegmentationResult`; in
+    everything mode its ``records`` hold the generator's records.
 
     Example:
         >>> result = fastseg.segment("photo.jpg", model="models/mobile_sam", points=[[320, 240]])
-        >>> records = fastseg.segment("photo.jpg", model="models/mobile_sam", everything=True)
+        >>> whole = fastseg.segment("photo.jpg", model="models/mobile_sam", everything=True)
+        >>> whole.masks.shape, len(whole.records)
     """
     from fastseg.predictor import Predictor
 
@@ -44,6 +49,6 @@ def segment(
         raise ValueError("everything_options apply to everything=True only")
     predictor = Predictor(model, backend=backend, precision=precision, **predictor_options)
     if everything:
-        return predictor.everything(image, **(everything_options or {}))
+        return predictor.everything(image, **(everything_options or {})).result()
     predictor.set_image(image)
     return predictor.predict(points=points, labels=labels, boxes=boxes, mask_input=mask_input, multimask=multimask)

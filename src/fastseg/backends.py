@@ -6,14 +6,14 @@ Runtime is the second (``pip install "fastseg[onnxruntime]"``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fastseg.manifest import ModelFolder, ModelFolderError
+from fastseg.paths import cache_dir
 
 Backend = Literal["openvino", "onnxruntime"]
 Precision = Literal["f32", "bf16"]
@@ -22,17 +22,19 @@ PRECISIONS = ("f32", "bf16")
 
 
 class Session(Protocol):
+    """One graph on one backend: named arrays in, named arrays out."""
+
+    backend: str
+    precision: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
-    def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]: ...
+    def run(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.generic]]: ...
 
 
 def default_cache_dir() -> Path:
     """Where OpenVINO keeps compiled models: ``$FASTSEG_CACHE/compiled`` or ``~/.cache/fastseg/compiled``."""
-    root = os.environ.get("FASTSEG_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "fastseg"
-    return base / "compiled"
+    return cache_dir("compiled")
 
 
 class OpenVINOSession:
@@ -68,10 +70,13 @@ class OpenVINOSession:
         self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
         self.output_names = tuple(p.get_any_name() for p in self._compiled.outputs)
         self._outputs = list(self._compiled.outputs)
+        self.backend = "openvino"
         #: What OpenVINO compiled with, read back: a CPU without native bf16 runs f32 whatever was asked.
-        self.precision: str = _precision_name(self._compiled.get_property(hints.inference_precision))
+        self.precision: str = precision_name(self._compiled.get_property(hints.inference_precision))
+        #: Inference threads, read back.
+        self.threads: int | None = int(self._compiled.get_property(props.inference_num_threads))
 
-    def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
+    def run(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.generic]]:
         self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
         # The request reuses its output buffers: copy so results survive the next call.
         request = self._request
@@ -86,18 +91,16 @@ class OnnxRuntimeSession:
     """An ONNX Runtime CPU session.
 
     ``memory_arena``: ONNX Runtime's CPU arena keeps the largest activations it ever allocated. That
-    pays off for the small per-click graphs (the SAM decoders: 30.5 vs 35.1 ms a click without it) but
-    not for a once-per-image encoder: SAM ViT-B's held 6.9 GB after a run with the arena, 1.0 GB without
-    (peak 4.0 GB), for ~10% more time. :func:`open_session` turns it off for :data:`ONCE_PER_IMAGE_GRAPHS`.
+    pays off for the small per-click graphs but not for a once-per-image encoder, whose arena would
+    hold gigabytes after one run (docs/PERFORMANCE.md); :func:`open_session` turns it off for
+    :data:`ONCE_PER_IMAGE_GRAPHS`.
     """
 
     def __init__(self, onnx_path: Path, num_threads: int | None = None, memory_arena: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError(
-                "the onnxruntime backend needs ONNX Runtime: pip install 'fastseg[onnxruntime]'"
-            ) from exc
+            raise ImportError("the onnxruntime backend needs ONNX Runtime: pip install 'fastseg[onnxruntime]'") from exc
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
@@ -110,16 +113,18 @@ class OnnxRuntimeSession:
             raise ModelFolderError(f"ONNX Runtime could not load {onnx_path}: {first}") from exc
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self.backend = "onnxruntime"
         self.precision: str = "f32"
+        self.threads: int | None = int(num_threads) if num_threads else None
 
-    def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
+    def run(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.generic]]:
         values = self._session.run(list(self.output_names), feeds)
         return dict(zip(self.output_names, values))
 
 
-def _precision_name(value: object) -> str:
+def precision_name(value: object) -> str:
     """``"f32"``, ``"bf16"`` (or another OpenVINO type name) from an ``ov.Type`` property value."""
-    return value.to_string() if hasattr(value, "to_string") else str(value)  # type: ignore[attr-defined]
+    return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
 def openvino_cpu_capabilities() -> tuple[str, ...]:
@@ -135,7 +140,7 @@ def openvino_supports_bf16() -> bool:
 _CORE = None
 
 
-def _ov_core():  # one Core per process: it owns the plugin and its thread pool
+def _ov_core() -> Any:  # one Core per process: it owns the plugin and its thread pool
     global _CORE
     if _CORE is None:
         import openvino as ov

@@ -1,4 +1,8 @@
-"""The ``fastseg`` command: ``export``, ``segment``, ``bench``."""
+"""The ``fastseg`` command: ``segment`` here; ``export`` and ``bench`` come from their packages.
+
+The runtime never imports the export toolchain or the benchmark: they register their commands through
+the ``fastseg.commands`` entry point group (see ``pyproject.toml``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,17 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from fastseg import __version__
-from fastseg.registry import REGISTRY
+from fastseg.backends import BACKENDS, PRECISIONS
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -28,36 +39,7 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def _export_extra_missing() -> str:
-    return (
-        "`fastseg export` needs the export toolchain (torch and the reference implementations): "
-        "pip install 'fastseg[export]'"
-    )
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        from fastseg_export.download import download_checkpoint
-        from fastseg_export.export import export_model
-    except ImportError as exc:
-        raise ImportError(f"{_export_extra_missing()} ({exc})") from exc
-
-    if args.checkpoint is None and not args.download:
-        raise ValueError("give the checkpoint: --checkpoint PATH, or --download to fetch the official one")
-    if args.checkpoint is not None and args.download:
-        raise ValueError("--checkpoint and --download exclude each other")
-    checkpoint = args.checkpoint
-    if args.download:
-        checkpoint = download_checkpoint(args.model, url=args.url)
-    out = args.out or Path("models") / args.model
-    export_model(args.model, checkpoint, out, ir_precision=args.ir_precision, overwrite=args.overwrite)
-    print(out)
-    return 0
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from fastseg.draw import save_png
     from fastseg.image import load_image
     from fastseg.predictor import Predictor
@@ -80,10 +62,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     result = predictor.predict(points=points, labels=labels, boxes=boxes, multimask=not args.single_mask)
     elapsed = time.perf_counter() - start
     best = result.best() if predictor.folder.family == "sam" else result
-    union = best.masks.any(axis=0) if len(best) else np.zeros(image.shape[:2], dtype=bool)
+    union = (
+        cast("npt.NDArray[np.bool_]", best.masks.any(axis=0)) if len(best) else np.zeros(image.shape[:2], dtype=bool)
+    )
     print(
         f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {predictor.precision}: "
-        f"{len(result)} masks, kept {len(best)} (scores {np.round(best.scores, 3).tolist()}), "
+        f"{len(result)} masks, kept {len(best)} (scores {[round(float(s), 3) for s in best.scores]}), "
         f"{union.sum()} pixels, {elapsed * 1000:.0f} ms"
     )
     if args.mask:
@@ -109,12 +93,10 @@ EVERYTHING_OPTIONS = (
 )
 
 
-def _segment_everything(args: argparse.Namespace, image) -> int:
-    import numpy as np
-
-    from fastseg import everything as ev
+def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) -> int:
     from fastseg.draw import save_png
     from fastseg.predictor import Predictor
+    from fastseg.records import iter_masks
 
     if args.point or args.box or args.label:
         raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
@@ -136,23 +118,39 @@ def _segment_everything(args: argparse.Namespace, image) -> int:
             "precision": predictor.precision,
             "parameters": params,
         }
-        print(f"json: {ev.write_json(args.json, records, **info)}")
+        print(f"json: {records.write_json(args.json, **info)}")
     if args.mask:
         union = np.zeros(image.shape[:2], dtype=bool)
-        for mask in ev.iter_masks(records):
+        for mask in iter_masks(records):
             union |= mask
         print(f"mask: {save_png(union, args.mask)}")
     if args.overlay:
-        print(f"overlay: {save_png(ev.overlay(image, records), args.overlay)}")
+        print(f"overlay: {save_png(records.overlay(image), args.overlay)}")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from fastseg_bench.run import main as bench_main
-    except ImportError as exc:
-        raise ImportError(f"`fastseg bench` needs the bench extra: pip install 'fastseg[bench]' ({exc})") from exc
-    return bench_main(args.bench_args)
+#: Commands that other fastseg packages add through the ``fastseg.commands`` entry point group
+#: (``add_command(subparsers)``), and the extra that installs each.
+PLUGIN_COMMANDS = {"export": "export", "bench": "bench"}
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Commands of the installed extras; a missing one still parses and says which extra brings it."""
+    found = {ep.name: ep for ep in entry_points(group="fastseg.commands")}
+    for ep in found.values():
+        ep.load()(sub)
+    for name, extra in PLUGIN_COMMANDS.items():
+        if name in found:
+            continue
+        absent = sub.add_parser(
+            name, help=f"(not installed: pip install 'fastseg[{extra}]')", add_help=False, prefix_chars="\0"
+        )
+        absent.add_argument("args", nargs=argparse.REMAINDER)
+        absent.set_defaults(func=partial(_not_installed, name, extra))
+
+
+def _not_installed(name: str, extra: str, args: argparse.Namespace) -> int:
+    raise ImportError(f"`fastseg {name}` is not installed: pip install 'fastseg[{extra}]'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,34 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ex = sub.add_parser("export", help="official checkpoint -> ONNX + OpenVINO model folder, checked against PyTorch")
-    ex.add_argument("model", choices=sorted(REGISTRY), help="registry name")
-    ex.add_argument("--checkpoint", type=Path, help="the official checkpoint file")
-    ex.add_argument("--download", action="store_true", help="download the official checkpoint into the cache")
-    ex.add_argument("--url", help="download from this URL instead of the official one")
-    ex.add_argument("--out", type=Path, help="model folder to write (default: models/MODEL)")
-    ex.add_argument("--ir-precision", choices=("f32", "f16"), default="f32",
-                    help="OpenVINO weight precision (f16 halves the files; default f32)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
-    ex.set_defaults(func=cmd_export)
-
     sg = sub.add_parser("segment", help="segment an image from point/box prompts")
     sg.add_argument("image", help="image file")
     sg.add_argument("--model", required=True, type=Path, help="model folder written by `fastseg export`")
     sg.add_argument("--point", type=_pair, action="append", metavar="X,Y", help="a point prompt (repeatable)")
-    sg.add_argument("--label", type=int, action="append", choices=(0, 1),
-                    help="label of each --point: 1 foreground (default), 0 background")
+    sg.add_argument(
+        "--label",
+        type=int,
+        action="append",
+        choices=(0, 1),
+        help="label of each --point: 1 foreground (default), 0 background",
+    )
     sg.add_argument("--box", type=_box, action="append", metavar="X1,Y1,X2,Y2", help="a box prompt (repeatable)")
     sg.add_argument("--single-mask", action="store_true", help="SAM: one mask per prompt instead of three")
     sg.add_argument("--mask", type=Path, help="write the mask (best per prompt, united) as a PNG")
     sg.add_argument("--overlay", type=Path, help="write the image with the masks painted on it as a PNG")
-    sg.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino")
-    sg.add_argument("--precision", choices=("f32", "bf16"), default="f32")
-    sg.add_argument("--conf", type=float, default=0.4, help="FastSAM confidence threshold")
-    sg.add_argument("--iou", type=float, default=0.9, help="FastSAM NMS IoU threshold")
-    sg.add_argument("--everything", action="store_true",
-                    help="segment the whole image without prompts (SAM: automatic mask generation; "
-                    "FastSAM: all detections)")
+    sg.add_argument("--backend", choices=BACKENDS, default="openvino")
+    sg.add_argument("--precision", choices=PRECISIONS, default="f32")
+    sg.add_argument(
+        "--conf", type=float, default=DEFAULT_CONF, help=f"FastSAM confidence threshold (default {DEFAULT_CONF})"
+    )
+    sg.add_argument("--iou", type=float, default=DEFAULT_IOU, help=f"FastSAM NMS IoU threshold (default {DEFAULT_IOU})")
+    sg.add_argument(
+        "--everything",
+        action="store_true",
+        help="segment the whole image without prompts (SAM: automatic mask generation; FastSAM: all detections)",
+    )
     sg.add_argument("--json", type=Path, help="--everything: write the masks as COCO RLE records to this JSON file")
     sg.add_argument("--progress", action="store_true", help="--everything: show progress on stderr")
     gen = sg.add_argument_group("--everything, SAM family (segment_anything's SamAutomaticMaskGenerator parameters)")
@@ -196,13 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
     sg.set_defaults(func=cmd_segment)
 
-    # The benchmark parses its own options (fastseg_bench.run). With argparse's REMAINDER alone, leading
-    # options (`fastseg bench --quick`) are refused as unrecognised; a prefix character that never occurs
-    # makes this parser treat every following argument, "--quick" included, as a value of bench_args.
-    bn = sub.add_parser("bench", help="PyTorch originals vs fastseg (ONNX Runtime, OpenVINO f32/bf16)",
-                        add_help=False, prefix_chars="\0")
-    bn.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bn.set_defaults(func=cmd_bench)
+    _add_plugin_commands(sub)
     return parser
 
 

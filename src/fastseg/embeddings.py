@@ -22,9 +22,11 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fastseg.engine import ImageEmbeddingLike
 from fastseg.fastsam import FastSamImageEmbedding
 from fastseg.sam import ImageEmbedding
 
@@ -32,8 +34,6 @@ __all__ = ["FORMAT", "load_embedding", "save_embedding"]
 
 #: Written into every file; :func:`load_embedding` refuses files of another format or version.
 FORMAT = "fastseg-image-embedding/1"
-
-AnyEmbedding = ImageEmbedding | FastSamImageEmbedding
 
 # family -> the embedding class and the arrays it stores, besides the common metadata.
 _KINDS: dict[str, type[ImageEmbedding] | type[FastSamImageEmbedding]] = {
@@ -44,7 +44,7 @@ _ARRAYS = {"sam": ("embedding",), "fastsam": ("detections", "protos")}
 _METADATA = ("format", "family", "model", "original_size", "input_size")
 
 
-def save_embedding(path: str | os.PathLike[str], embedding: AnyEmbedding) -> Path:
+def save_embedding(path: str | os.PathLike[str], embedding: ImageEmbeddingLike) -> Path:
     """Write ``embedding`` (from ``Predictor.get_image_embedding()``) to ``path`` as ``.npz``; returns the path.
 
     A name without the ``.npz`` suffix gets it appended; the returned path is the file actually written.
@@ -60,7 +60,8 @@ def save_embedding(path: str | os.PathLike[str], embedding: AnyEmbedding) -> Pat
         path = path.with_name(path.name + ".npz")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    arrays = {name: np.asarray(getattr(embedding, name)) for name in _ARRAYS[family]}
+    # dict[str, Any]: numpy's stub checks **arrays against np.savez's `allow_pickle: bool` keyword too.
+    arrays: dict[str, Any] = {name: np.asarray(getattr(embedding, name)) for name in _ARRAYS[family]}
     for name, array in arrays.items():
         if array.dtype != np.float32:
             raise ValueError(f"embedding.{name} must be float32, got {array.dtype}")
@@ -83,7 +84,7 @@ def save_embedding(path: str | os.PathLike[str], embedding: AnyEmbedding) -> Pat
     return path
 
 
-def load_embedding(path: str | os.PathLike[str]) -> AnyEmbedding:
+def load_embedding(path: str | os.PathLike[str]) -> ImageEmbeddingLike:
     """Read a file written by :func:`save_embedding`; hand the result to ``Predictor.set_image_embedding``."""
     path = Path(path)
     if not path.is_file():
@@ -122,4 +123,9 @@ def load_embedding(path: str | os.PathLike[str]) -> AnyEmbedding:
             raise ValueError(f"{path}: {key} must be two positive integers (height, width), got {value!r}")
         sizes[key] = (int(value[0]), int(value[1]))
     arrays = {key: contents[key] for key in _ARRAYS[family]}
-    return _KINDS[family](model=str(contents["model"]), **sizes, **arrays)
+    return _KINDS[family](
+        model=str(contents["model"]),
+        original_size=sizes["original_size"],
+        input_size=sizes["input_size"],
+        **arrays,
+    )

@@ -32,13 +32,23 @@ full computation, so the selection is the same; full masks are assembled only fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.manifest import ModelFolder, ModelFolderError
+from fastseg.ops import Taps, bilinear_taps, box_iou, cxcywh_to_xyxy, nms
+from fastseg.records import MaskRecords, check_output_mode, encode_segmentation
+from fastseg.registry import Family, ModelSpec
 from fastseg.results import SegmentationResult
+
+if TYPE_CHECKING:
+    from fastseg.backends import Session
+    from fastseg.engine import ProgressCallback
+    from fastseg.prompts import Prompts
 
 #: ultralytics ``LetterBox`` padding value.
 PAD_VALUE = 114
@@ -115,7 +125,8 @@ def _linear_taps(src: int, dst: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
 
 def _fixed_point(weight: FloatArray) -> npt.NDArray[np.int32]:
     """``saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE)``: float32 product, round half to even."""
-    return np.rint(weight.astype(np.float32) * np.float32(_COEF_SCALE)).astype(np.int32)
+    fixed: npt.NDArray[np.int32] = np.rint(weight.astype(np.float32) * np.float32(_COEF_SCALE)).astype(np.int32)
+    return fixed
 
 
 def resize_linear(image: npt.NDArray[np.uint8], out_h: int, out_w: int) -> npt.NDArray[np.uint8]:
@@ -132,7 +143,8 @@ def resize_linear(image: npt.NDArray[np.uint8], out_h: int, out_w: int) -> npt.N
     if out_h < 1 or out_w < 1:
         raise ValueError(f"output size must be positive, got {out_h}x{out_w}")
     if (out_h, out_w) == (in_h, in_w):
-        return image.copy()
+        same: npt.NDArray[np.uint8] = image.copy()
+        return same
     scale_x, scale_y = 1.0 / (out_w / in_w), 1.0 / (out_h / in_h)
     eps = np.finfo(np.float64).eps
     if abs(scale_x - 2) < eps and abs(scale_y - 2) < eps:  # OpenCV: exact 2x shrink -> INTER_AREA
@@ -171,7 +183,8 @@ def resize_linear(image: npt.NDArray[np.uint8], out_h: int, out_w: int) -> npt.N
     top += 2
     top >>= 2
     np.clip(top, 0, 255, out=top)
-    return top.astype(np.uint8).reshape(out_h, out_w, channels)
+    resized: npt.NDArray[np.uint8] = top.astype(np.uint8).reshape(out_h, out_w, channels)
+    return resized
 
 
 def letterbox(
@@ -188,62 +201,23 @@ def letterbox(
     return canvas, geo
 
 
-def preprocess(image: npt.NDArray[np.uint8], size: int = 1024, stride: int = 32) -> tuple[FloatArray, Letterbox]:
-    """The network input ``(1, 3, H, W)`` float32 in 0..1 (RGB) for an RGB uint8 image, and its geometry."""
-    canvas, geo = letterbox(image, size, stride)
+def preprocess(image: npt.NDArray[np.uint8], spec: ModelSpec) -> tuple[FloatArray, Letterbox]:
+    """The network input ``(1, 3, H, W)`` float32 (RGB) for an RGB uint8 image, and its geometry.
+
+    Letterbox to ``spec.input_size`` (multiples of ``spec.stride``), then ``(x - pixel_mean) /
+    pixel_std`` in float32; FastSAM's spec has mean 0 and std 255, ultralytics' ``im.float() / 255``
+    bit for bit.
+    """
+    canvas, geo = letterbox(image, spec.input_size, spec.stride)
     tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)
-    tensor /= np.float32(255)  # torch: im.float().div_(255)
+    tensor -= np.asarray(spec.pixel_mean, dtype=np.float32)[None, :, None, None]
+    tensor /= np.asarray(spec.pixel_std, dtype=np.float32)[None, :, None, None]
     return np.ascontiguousarray(tensor), geo
 
 
 # ----------------------------------------------------------------------------------------------
 # Detections
 # ----------------------------------------------------------------------------------------------
-
-
-def xywh_to_xyxy(boxes: FloatArray) -> FloatArray:
-    """Centre/size ``(N, 4)`` to corners, in float32 as ultralytics' ``xywh2xyxy``."""
-    half = boxes[:, 2:4] / np.float32(2)
-    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1).astype(np.float32)
-
-
-def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> npt.NDArray[np.int64]:
-    """Greedy NMS with ``torchvision.ops.nms`` semantics (CPU kernel).
-
-    Args:
-        boxes: ``(N, 4)`` float32 XYXY.
-        scores: ``(N,)`` float32.
-        iou_threshold: a box is dropped if its IoU with a kept, higher-scoring box is ``>`` this.
-
-    Returns:
-        ``(K,)`` int64 indices of the kept boxes, by decreasing score (ties keep input order).
-    """
-    boxes = np.asarray(boxes, dtype=np.float32)
-    scores = np.asarray(scores, dtype=np.float32)
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],):
-        raise ValueError(f"nms needs boxes (N, 4) and scores (N,), got {boxes.shape} and {scores.shape}")
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    threshold = float(iou_threshold)
-    for position, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = order[position + 1 :]
-        rest = rest[~suppressed[rest]]
-        if rest.size == 0:
-            break
-        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        overlap = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[overlap.astype(np.float64) > threshold]] = True  # float vs double, as in C++
-    return np.asarray(keep, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -287,7 +261,7 @@ def non_max_suppression(
     x = pred[:, candidates].T  # (n, 5 + M)
     if len(x) > MAX_NMS:  # ultralytics keeps the MAX_NMS most confident
         x = x[np.argsort(-x[:, 4], kind="stable")[:MAX_NMS]]
-    boxes = xywh_to_xyxy(x[:, :4])
+    boxes = cxcywh_to_xyxy(x[:, :4])
     scores = np.ascontiguousarray(x[:, 4])
     keep = nms(boxes, scores, iou)[:max_det]
     return Detections(
@@ -318,17 +292,6 @@ def scale_boxes(boxes: FloatArray, input_size: tuple[int, int], image_size: tupl
     return out
 
 
-def box_iou(a: FloatArray, b: FloatArray, eps: float = 1e-7) -> FloatArray:
-    """ultralytics ``box_iou``: ``(N, M)`` IoU of XYXY boxes in float32, with its ``eps``."""
-    a = np.asarray(a, dtype=np.float32)[:, None, :]
-    b = np.asarray(b, dtype=np.float32)[None, :, :]
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    wh_a, wh_b = a[..., 2:] - a[..., :2], b[..., 2:] - b[..., :2]
-    union = wh_a[..., 0] * wh_a[..., 1] + wh_b[..., 0] * wh_b[..., 1] - inter + np.float32(eps)
-    return (inter / union).astype(np.float32)
-
-
 def snap_boxes_to_image(boxes: FloatArray, image_size: tuple[int, int]) -> FloatArray:
     """FastSAM's border rule on XYXY boxes in original pixels (returns a new array).
 
@@ -353,39 +316,13 @@ def snap_boxes_to_image(boxes: FloatArray, image_size: tuple[int, int]) -> Float
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Taps:
-    """Bilinear taps along one axis (torch ``upsample_bilinear2d``, ``align_corners=False``)."""
-
-    i0: npt.NDArray[np.intp]
-    i1: npt.NDArray[np.intp]
-    w0: FloatArray
-    w1: FloatArray
-
-
-def _torch_bilinear_taps(in_size: int, out_size: int, scale_factor: float | None = None) -> _Taps:
-    """Source indices and weights of ``F.interpolate(..., mode="bilinear")`` along one axis.
-
-    torch computes in float32: ``scale = in / out`` (or ``1 / scale_factor`` when one is given),
-    ``src = max(scale * (dst + 0.5) - 0.5, 0)``, ``i0 = floor(src)``, ``w1 = src - i0``,
-    ``i1 = i0 + (i0 < in - 1)``, ``w0 = 1 - w1``.
-    """
-    scale = np.float32(1.0 / scale_factor) if scale_factor else np.float32(in_size) / np.float32(out_size)
-    dst = np.arange(out_size, dtype=np.float32)
-    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.intp), in_size - 1)
-    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
-    i1 = i0 + (i0 < in_size - 1)
-    return _Taps(i0=i0, i1=i1, w0=(np.float32(1) - w1).astype(np.float32), w1=w1)
-
-
-def _interpolate(values: FloatArray, rows: _Taps, cols: _Taps) -> FloatArray:
+def _interpolate(values: FloatArray, rows: Taps, cols: Taps) -> FloatArray:
     """``(t(r0) * wr0 + t(r1) * wr1)`` with ``t(r) = v[r, c0] * wc0 + v[r, c1] * wc1``, torch's order.
 
     ``values`` is ``(n, R, C)``; the taps index its last two axes; returns ``(n, len(rows), len(cols))``.
     """
-    # In place, on np.take gathers: the same products and sums as the expression above, ~1.6x faster.
+    # In place, on np.take gathers: the same products and sums as the expression above, with fewer
+    # temporaries (docs/PERFORMANCE.md).
     across = np.take(values, cols.i0, axis=2)
     across *= cols.w0
     other = np.take(values, cols.i1, axis=2)
@@ -399,15 +336,15 @@ def _interpolate(values: FloatArray, rows: _Taps, cols: _Taps) -> FloatArray:
     return out
 
 
-def _restrict(taps: _Taps, index: npt.NDArray[np.intp]) -> tuple[_Taps, npt.NDArray[np.intp]]:
+def _restrict(taps: Taps, index: npt.NDArray[np.intp]) -> tuple[Taps, npt.NDArray[np.intp]]:
     """Taps of the given destination indices, re-pointed at the compact set of sources they read."""
     i0, i1 = taps.i0[index], taps.i1[index]
     sources, inverse = np.unique(np.concatenate([i0, i1]), return_inverse=True)
     n = len(index)
-    return _Taps(i0=inverse[:n], i1=inverse[n:], w0=taps.w0[index], w1=taps.w1[index]), sources
+    return Taps(i0=inverse[:n], i1=inverse[n:], w0=taps.w0[index], w1=taps.w1[index]), sources
 
 
-def _restrict_range(taps: _Taps, start: int, stop: int) -> tuple[_Taps, int, int]:
+def _restrict_range(taps: Taps, start: int, stop: int) -> tuple[Taps, int, int]:
     """Taps of destinations ``[start, stop)``, re-pointed at the source span ``[lo, hi)`` they read.
 
     Sources are monotone in the destination, so the span is contiguous (it may include sources no
@@ -415,12 +352,13 @@ def _restrict_range(taps: _Taps, start: int, stop: int) -> tuple[_Taps, int, int
     """
     i0, i1 = taps.i0[start:stop], taps.i1[start:stop]
     lo, hi = int(i0[0]), int(i1[-1]) + 1
-    return _Taps(i0=i0 - lo, i1=i1 - lo, w0=taps.w0[start:stop], w1=taps.w1[start:stop]), lo, hi
+    return Taps(i0=i0 - lo, i1=i1 - lo, w0=taps.w0[start:stop], w1=taps.w1[start:stop]), lo, hi
 
 
-def _interpolate_2d(values: FloatArray, rows: _Taps, cols: _Taps) -> FloatArray:
+def _interpolate_2d(values: FloatArray, rows: Taps, cols: Taps) -> FloatArray:
     """:func:`_interpolate` for one ``(R, C)`` array."""
-    return _interpolate(values[None], rows, cols)[0]
+    plane: FloatArray = _interpolate(values[None], rows, cols)[0]
+    return plane
 
 
 class MaskAssembler:
@@ -458,8 +396,8 @@ class MaskAssembler:
         self.factor = 4 // math.gcd(4, pad | pad // 2)
         f = self.factor
         if f > 1:
-            self._up_rows: _Taps | None = _torch_bilinear_taps(mh, mh * f, scale_factor=f)
-            self._up_cols: _Taps | None = _torch_bilinear_taps(mw, mw * f, scale_factor=f)
+            self._up_rows: Taps | None = bilinear_taps(mh, mh * f, scale_factor=f)
+            self._up_cols: Taps | None = bilinear_taps(mw, mw * f, scale_factor=f)
         else:
             self._up_rows = self._up_cols = None
         # ultralytics scale_masks: crop the padding of the (f*mh, f*mw) grid, resize to (h, w).
@@ -469,13 +407,13 @@ class MaskAssembler:
         top, left = round(pad_h - 0.1), round(pad_w - 0.1)
         bottom, right = top + max(round(h * g), 1), left + max(round(w * g), 1)
         self._identity = (gh, gw) == (h, w)  # scale_masks returns its input unchanged
-        rows = _torch_bilinear_taps(bottom - top, h)
-        cols = _torch_bilinear_taps(right - left, w)
-        self._rows = _Taps(rows.i0 + top, rows.i1 + top, rows.w0, rows.w1)
+        rows = bilinear_taps(bottom - top, h)
+        cols = bilinear_taps(right - left, w)
+        self._rows = Taps(rows.i0 + top, rows.i1 + top, rows.w0, rows.w1)
         # For each output row / column, the prototype row / column it mostly reads (emptiness probes).
         out_rows = np.arange(h) if self._identity else self._rows.i0
         self._low_row_of = out_rows if self._up_rows is None else self._up_rows.i0[out_rows]
-        self._cols = _Taps(cols.i0 + left, cols.i1 + left, cols.w0, cols.w1)
+        self._cols = Taps(cols.i0 + left, cols.i1 + left, cols.w0, cols.w1)
         out_cols = np.arange(w) if self._identity else self._cols.i0
         self._low_col_of = out_cols if self._up_cols is None else self._up_cols.i0[out_cols]
         # crop_mask: pixel columns c with x1 <= c < x2 (and rows likewise), compared in float32.
@@ -541,7 +479,7 @@ class MaskAssembler:
     def _low_res_span(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[slice, slice]:
         """The prototype-grid rows and columns that output rows/cols ``[start, stop)`` read from."""
 
-        def span(taps: _Taps | None, up: _Taps | None, start: int, stop: int) -> slice:
+        def span(taps: Taps | None, up: Taps | None, start: int, stop: int) -> slice:
             lo, hi = (start, stop - 1)
             if taps is not None:
                 lo, hi = int(taps.i0[lo]), int(taps.i1[hi])
@@ -622,26 +560,13 @@ class MaskAssembler:
             return True
         return bool(self.box_mask(i).any())
 
-    # -- areas ----------------------------------------------------------------------------------------
-
-    def area(self, i: int, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> int:
-        """Pixel count of detection ``i``'s mask, optionally inside rows/cols ``[start, stop)``."""
-        r0, r1, c0, c1 = self.region(i)
-        if rows is not None:
-            r0, r1 = max(r0, rows[0]), min(r1, rows[1])
-        if cols is not None:
-            c0, c1 = max(c0, cols[0]), min(c1, cols[1])
-        if r1 <= r0 or c1 <= c0:
-            return 0
-        return int(np.count_nonzero(self.crop_logits(i, (r0, r1), (c0, c1)) > 0))
-
 
 # ----------------------------------------------------------------------------------------------
 # Prompt rules (ultralytics FastSAMPredictor.prompt)
 # ----------------------------------------------------------------------------------------------
 
 
-def point_pixels(points: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int64]:
+def point_pixels(points: npt.NDArray[np.floating[Any]], image_size: tuple[int, int]) -> npt.NDArray[np.int64]:
     """Prompt points as ultralytics indexes masks with them: int64 (truncated from the given values),
     clipped to the image."""
     h, w = image_size
@@ -651,7 +576,7 @@ def point_pixels(points: FloatArray, image_size: tuple[int, int]) -> npt.NDArray
     return xy
 
 
-def box_pixels(boxes: FloatArray, image_size: tuple[int, int]) -> npt.NDArray[np.int32]:
+def box_pixels(boxes: npt.NDArray[np.floating[Any]], image_size: tuple[int, int]) -> npt.NDArray[np.int32]:
     """Prompt boxes as ultralytics slices masks with them: int32 (truncated from the given values),
     clipped to the image."""
     h, w = image_size
@@ -672,10 +597,11 @@ def select_by_points(
     labels = np.asarray(labels).astype(np.int32)
     if point_values.shape[1:] != labels.shape:
         raise ValueError(f"{point_values.shape[1]} point values per detection but {labels.shape[0]} labels")
+    chosen: npt.NDArray[np.bool_]
     if labels.sum() == 0:
         chosen = np.ones(point_values.shape[0], dtype=bool)
     else:
-        chosen = point_values[:, labels == 1].any(axis=1)
+        chosen = cast("npt.NDArray[np.bool_]", point_values[:, labels == 1].any(axis=1))  # (N, P) -> (N,)
     chosen &= ~point_values[:, labels == 0].any(axis=1)
     return chosen
 
@@ -697,7 +623,8 @@ def select_by_boxes(
     union = box_areas[:, None] + mask_areas[None, :] - inside_areas
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inside_areas.astype(np.float32) / union.astype(np.float32)  # torch int/int -> float32
-    return np.argmax(iou, axis=1)
+    best: npt.NDArray[np.intp] = np.argmax(iou, axis=1)
+    return best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -732,28 +659,60 @@ class _ImageState:
     boxes: FloatArray  # original pixels, after the FastSAM border rule (what results report)
 
 
+@dataclass(frozen=True)
+class FastSamEverythingParams:
+    """FastSAM everything mode takes only the output form; conf and iou are set on the Predictor."""
+
+    output_mode: str = "binary_mask"
+
+    def __post_init__(self) -> None:
+        check_output_mode(self.output_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class FastSamEngine:
-    """FastSAM prompts on one image at a time, as ultralytics ``FastSAM(...).predict`` answers them.
+    """FastSAM prompts on one image at a time, as ultralytics ``FastSAM(...).predict`` answers them
+    (an :class:`~fastseg.engine.Engine`).
 
     Args:
         folder: the model folder (``fastseg.manifest.ModelFolder``) of a ``fastsam`` model.
         sessions: ``{"network": Session}``.
-        conf: detection confidence threshold (ultralytics' FastSAM default 0.4).
-        iou: NMS IoU threshold (default 0.9).
+        conf: detection confidence threshold, in [0, 1] (ultralytics' FastSAM default).
+        iou: NMS IoU threshold, in [0, 1] (ultralytics' FastSAM default).
     """
 
     graph = "network"
+    family: Family = "fastsam"
+    low_res_size: int | None = None  # FastSAM takes no mask input
 
-    def __init__(self, folder: Any, sessions: dict[str, Any], conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU):
-        if folder.spec.family != "fastsam":
-            raise ValueError(f"FastSamEngine needs a fastsam model folder, got family {folder.spec.family!r}")
+    def __init__(
+        self,
+        folder: ModelFolder,
+        sessions: Mapping[str, Session],
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+    ) -> None:
+        if folder.spec.family != "fastsam" or folder.spec.resize != "letterbox":
+            raise ModelFolderError(
+                f"FastSamEngine needs a fastsam model folder with letterbox resizing, got family "
+                f"{folder.spec.family!r}, resize {folder.spec.resize!r}"
+            )
         if self.graph not in sessions:
             raise ValueError(f"FastSamEngine needs a session for graph {self.graph!r}, got {sorted(sessions)}")
         for name, value in (("conf", conf), ("iou", iou)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        self.folder = folder
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        self.model_name = folder.name
         self.spec = folder.spec
+        try:
+            self.num_mask_coefficients = int(folder.manifest.get("extra", {})["num_mask_coefficients"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(
+                f"{folder.path}: the manifest's 'extra' entry needs num_mask_coefficients for a FastSAM model "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         self.session = sessions[self.graph]
         self.conf = float(conf)
         self.iou = float(iou)
@@ -767,13 +726,13 @@ class FastSamEngine:
             got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be an RGB uint8 array (H, W, 3), got {got}")
         self._state = None
-        tensor, geo = preprocess(image, self.spec.input_size, self.spec.stride)
+        tensor, geo = preprocess(image, self.spec)
         outputs = self.session.run({"images": tensor})
         missing = {"detections", "protos"} - set(outputs)
         if missing:
             raise ValueError(f"network outputs must include 'detections' and 'protos', got {sorted(outputs)}")
         embedding = FastSamImageEmbedding(
-            model=self.folder.name,
+            model=self.model_name,
             original_size=geo.image_size,
             input_size=geo.input_size,
             detections=np.asarray(outputs["detections"], dtype=np.float32),
@@ -784,21 +743,21 @@ class FastSamEngine:
     def get_image_embedding(self) -> FastSamImageEmbedding:
         return self._require_state().embedding
 
-    def set_image_embedding(self, embedding: FastSamImageEmbedding) -> None:
+    def set_image_embedding(self, embedding: Any) -> None:
         """Restore a state from :meth:`get_image_embedding` (same model); NMS runs again."""
         if not isinstance(embedding, FastSamImageEmbedding):
             raise ValueError(f"expected a FastSamImageEmbedding, got {type(embedding).__name__}")
-        if embedding.model != self.folder.name:
-            raise ValueError(f"embedding was made by {embedding.model!r}, this engine runs {self.folder.name!r}")
+        if embedding.model != self.model_name:
+            raise ValueError(f"embedding was made by {embedding.model!r}, this engine runs {self.model_name!r}")
         self._state = None
         self._state = self._build_state(embedding)
 
     def _build_state(self, embedding: FastSamImageEmbedding) -> _ImageState:
         det, protos = embedding.detections, embedding.protos
         in_h, in_w = embedding.input_size
-        if det.ndim != 3 or det.shape[0] != 1 or det.shape[1] < 6:
-            raise ValueError(f"detections must be (1, 5 + M, A), got {det.shape}")
-        m = det.shape[1] - 5
+        m = self.num_mask_coefficients
+        if det.ndim != 3 or det.shape[0] != 1 or det.shape[1] != 5 + m:
+            raise ValueError(f"detections must be (1, {5 + m}, A) (5 + {m} mask coefficients), got {det.shape}")
         if protos.shape != (1, m, in_h // 4, in_w // 4):
             raise ValueError(
                 f"protos must be (1, {m}, {in_h // 4}, {in_w // 4}) for a {in_h}x{in_w} input, got {protos.shape}"
@@ -821,69 +780,72 @@ class FastSamEngine:
 
     # -- prompts --------------------------------------------------------------------------------
 
-    def predict(
-        self,
-        points: FloatArray | None = None,
-        labels: npt.NDArray[np.int64] | None = None,
-        boxes: FloatArray | None = None,
-        mask_input: FloatArray | None = None,
-        multimask: bool = True,
-        texts: Any = None,
-    ) -> SegmentationResult:
-        """The detections ultralytics' FastSAM selects for these prompts (validated by ``fastseg.prompts``).
-
-        Args:
-            points: ``(P, 2)`` float32 XY in original pixels, or None.
-            labels: ``(P,)`` 1 foreground / 0 background (None means all foreground).
-            boxes: ``(B, 4)`` float32 XYXY in original pixels, or None.
-            mask_input: not supported by FastSAM (raises ``ValueError``).
-            multimask: ignored (FastSAM returns the detections the prompts select).
-            texts: not supported (FastSAM's text prompts need CLIP; raises ``ValueError``).
+    def predict(self, prompts: Prompts, multimask: bool = True) -> SegmentationResult:
+        """The detections ultralytics' FastSAM selects for validated prompts (``multimask`` is ignored).
 
         Returns:
             Masks ``(N, h, w)`` bool, scores = detection confidences, boxes after FastSAM's border
             rule; in detection order (by confidence), each selected detection once, as ultralytics;
             ``prompt_index`` is all zeros and ``low_res_logits`` is None.
         """
-        if texts is not None:
-            raise ValueError("FastSAM text prompts are not supported (they need a CLIP model); pass points or boxes")
-        if mask_input is not None:
-            raise ValueError("FastSAM does not take mask_input (that is a SAM-family prompt); pass points or boxes")
-        if points is None and boxes is None:
-            raise ValueError("FastSAM predict needs points or boxes; got neither")
         state = self._require_state()
-        chosen = self._select(state, points, labels, boxes)
-        return self._result(state, chosen)
+        return self._result(state, self._select(state, prompts))
 
-    def everything(self) -> SegmentationResult:
-        """Every detection with a non-empty mask (ultralytics' FastSAM without prompts), by confidence."""
-        state = self._require_state()
-        keep = np.flatnonzero(state.masks.nonempty())
-        return self._result(state, keep)
+    def everything_params(self, options: Mapping[str, Any]) -> FastSamEverythingParams:
+        from fastseg.amg import check_parameter_names
 
-    def _select(
+        check_parameter_names(options)
+        sam_only = sorted(set(options) - {"output_mode"})
+        if sam_only:
+            raise ValueError(
+                f"FastSAM everything mode takes only output_mode (conf and iou are Predictor options); "
+                f"got SAM generator parameter(s) {sam_only}"
+            )
+        return FastSamEverythingParams(**options)
+
+    def everything(
         self,
-        state: _ImageState,
-        points: FloatArray | None,
-        labels: npt.NDArray[np.int64] | None,
-        boxes: FloatArray | None,
-    ) -> npt.NDArray[np.intp]:
+        params: FastSamEverythingParams,
+        image: npt.NDArray[np.uint8] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> MaskRecords:
+        """Every detection with a non-empty mask, as ultralytics' FastSAM returns them without prompts.
+
+        Records in NMS order (by confidence): ``segmentation`` (per ``params.output_mode``), ``area``
+        (mask pixels), ``bbox`` (the detection box, XYWH float, after FastSAM's border rule, as
+        ``results.boxes``), ``score`` (confidence). ``image`` and ``progress`` are not needed.
+        """
+        state = self._require_state()
+        result = self._result(state, np.flatnonzero(state.masks.nonempty()))
+        records = []
+        for i in range(len(result)):
+            mask = result.masks[i]
+            x0, y0, x1, y1 = (float(v) for v in result.boxes[i])
+            records.append(
+                {
+                    "segmentation": encode_segmentation(mask, params.output_mode),
+                    "area": int(np.count_nonzero(mask)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(result.scores[i]),
+                }
+            )
+        return MaskRecords(records, image_size=state.masks.image_size, score_key="score")
+
+    def _select(self, state: _ImageState, prompts: Prompts) -> npt.NDArray[np.intp]:
         masks = state.masks
         h, w = masks.image_size
         n = len(masks)
         if n == 0:
             return np.zeros(0, dtype=np.intp)
         chosen = np.zeros(n, dtype=bool)
-        if boxes is not None:
-            winners = self._select_boxes(masks, box_pixels(boxes, (h, w)))
+        if prompts.boxes is not None:
+            winners = self._select_boxes(masks, box_pixels(prompts.boxes, (h, w)))
             if (winners < 0).any():  # no detection has a mask: ultralytics returns nothing
                 return np.zeros(0, dtype=np.intp)
             chosen[winners] = True
-        if points is not None:
-            xy = point_pixels(points, (h, w))
-            lab = np.ones(len(xy), dtype=np.int32) if labels is None else np.asarray(labels).astype(np.int32)
-            if lab.shape != (len(xy),):
-                raise ValueError(f"got {len(xy)} points but labels of shape {lab.shape}")
+        if prompts.points is not None and prompts.labels is not None:
+            xy = point_pixels(prompts.points, (h, w))
+            lab = prompts.labels.astype(np.int32)
             if lab.sum() == 0:
                 # All negative: every non-empty detection without a negative point.
                 candidates = np.flatnonzero(masks.nonempty())
@@ -907,8 +869,6 @@ class FastSamEngine:
         """
         n = len(masks)
         x1, y1, x2, y2 = (prompt_boxes[:, k].astype(np.int64) for k in range(4))
-        if (x2 < x1).any() or (y2 < y1).any():
-            raise ValueError(f"boxes must be XYXY with x1 <= x2 and y1 <= y2, got {prompt_boxes.tolist()}")
         overlap = (
             (masks.col_start[None] < x2[:, None])
             & (masks.col_stop[None] > x1[:, None])
@@ -917,7 +877,7 @@ class FastSamEngine:
         )  # (B, N)
         inside = np.zeros(overlap.shape, dtype=np.int64)
         full = np.zeros(n, dtype=np.int64)
-        evaluated = overlap.any(axis=0)
+        evaluated = cast("npt.NDArray[np.bool_]", overlap.any(axis=0))  # (N,)
         for i in np.flatnonzero(evaluated).tolist():
             crop = masks.box_mask(i)
             r0, _, c0, _ = masks.region(i)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+#: What every public entry point accepts as an image: a file path, a PIL image, or a uint8 array.
+ImageLike: TypeAlias = "str | os.PathLike[str] | PILImage | npt.NDArray[Any]"
 
 
 def load_image(image: ImageLike) -> npt.NDArray[np.uint8]:
@@ -25,14 +30,13 @@ def load_image(image: ImageLike) -> npt.NDArray[np.uint8]:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if isinstance(image, (str, Path)):
-        path = Path(image)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(os.fspath(image))
         if not path.exists():
             raise FileNotFoundError(f"image not found: {path}")
         try:
             with Image.open(path) as pil:
-                pil = ImageOps.exif_transpose(pil)
-                return _from_pil(pil)
+                return _from_pil(ImageOps.exif_transpose(pil))
         except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
             # ImportError: a third-party opener patched into Pillow (e.g. ultralytics' HEIF hook) that
             # lacks its own dependency; the file is unreadable all the same.
@@ -41,12 +45,10 @@ def load_image(image: ImageLike) -> npt.NDArray[np.uint8]:
         return _from_pil(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    raise TypeError(
-        f"image must be a file path, a PIL image or a numpy array, got {type(image).__name__}"
-    )
+    raise TypeError(f"image must be a file path, a PIL image or a numpy array, got {type(image).__name__}")
 
 
-def _from_pil(pil: Any) -> npt.NDArray[np.uint8]:
+def _from_pil(pil: PILImage) -> npt.NDArray[np.uint8]:
     if pil.width == 0 or pil.height == 0:
         raise ValueError(f"image is empty: {pil.width}x{pil.height}")
     if pil.mode != "RGB":
@@ -63,9 +65,7 @@ def _from_array(array: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(
-            f"image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}"
-        )
+        raise ValueError(f"image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"image is empty: shape {array.shape}")
     if array.shape[2] == 1:

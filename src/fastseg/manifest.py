@@ -55,14 +55,11 @@ class ModelFolder:
         """Path of ``graph`` for ``backend`` (``"openvino"`` -> ``.xml``, ``"onnxruntime"`` -> ``.onnx``)."""
         key = {"openvino": "openvino", "onnxruntime": "onnx"}[backend]
         try:
-            return self.path / self.manifest["graphs"][graph][key]
+            name: str = self.manifest["graphs"][graph][key]
+            return self.path / name
         except KeyError:
             have = ", ".join(sorted(self.manifest["graphs"]))
             raise ModelFolderError(f"{self.path}: no graph {graph!r} for {backend} (graphs: {have})") from None
-
-    def graph_io(self, graph: str) -> dict[str, list[dict[str, Any]]]:
-        entry = self.manifest["graphs"][graph]
-        return {"inputs": entry["inputs"], "outputs": entry["outputs"]}
 
 
 def load_model_folder(path: str | Path, family: str | None = None) -> ModelFolder:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from fastseg.backends import open_session
+import numpy as np
+import numpy.typing as npt
+
+from fastseg.backends import Backend, Precision, open_session
+from fastseg.engine import Engine, ImageEmbeddingLike, ProgressCallback, SessionWrapper
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
 from fastseg.image import ImageLike, load_image
 from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, load_model_folder
 from fastseg.prompts import validate_prompts
+from fastseg.records import MaskRecords
 from fastseg.results import SegmentationResult
 
 
@@ -34,7 +39,10 @@ class Predictor:
             ``"f32"``.
         num_threads: inference threads (default: all cores).
         cache_dir: OpenVINO compiled-model cache; ``None`` = ``~/.cache/fastseg/compiled``, ``False`` = off.
-        conf, iou: FastSAM detection confidence and NMS IoU thresholds (ultralytics defaults 0.4, 0.9).
+        conf, iou: FastSAM detection confidence and NMS IoU thresholds (ultralytics' defaults,
+            :data:`fastseg.fastsam.DEFAULT_CONF` / ``DEFAULT_IOU``).
+        session_wrapper: ``wrap(graph_name, session) -> session``, applied to every backend session
+            the Predictor opens (to time or trace graph runs; the benchmark times each graph with it).
 
     Example:
         >>> p = Predictor("models/mobile_sam")
@@ -46,22 +54,23 @@ class Predictor:
     def __init__(
         self,
         model_dir: str | Path,
-        backend: Literal["openvino", "onnxruntime"] = "openvino",
-        precision: Literal["f32", "bf16"] = "f32",
+        backend: Backend = "openvino",
+        precision: Precision = "f32",
         num_threads: int | None = None,
         cache_dir: str | Path | None | Literal[False] = None,
-        conf: float = 0.4,
-        iou: float = 0.9,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        session_wrapper: SessionWrapper | None = None,
     ) -> None:
         self.folder: ModelFolder = load_model_folder(model_dir)
         self.backend = backend
         #: The precision asked for; :attr:`precision` is the one the backend runs at.
         self.requested_precision = precision
         cache = cache_dir if cache_dir is None or cache_dir is False else Path(cache_dir)
-        sessions = {
-            g: open_session(self.folder, g, backend, precision, num_threads=num_threads, cache_dir=cache)
-            for g in GRAPHS_BY_FAMILY[self.folder.family]
-        }
+        sessions = {}
+        for graph in GRAPHS_BY_FAMILY[self.folder.family]:
+            session = open_session(self.folder, graph, backend, precision, num_threads=num_threads, cache_dir=cache)
+            sessions[graph] = session if session_wrapper is None else session_wrapper(graph, session)
         ran = sorted({str(getattr(s, "precision", precision)) for s in sessions.values()})
         #: The inference precision the backend compiled the graphs at (read back from OpenVINO).
         self.precision = ran[0] if len(ran) == 1 else "/".join(ran)
@@ -76,19 +85,16 @@ class Predictor:
             )
         self._lock = threading.Lock()
         self._image_size: tuple[int, int] | None = None
-        self._pixels: Any = None  # the image set_image encoded (everything mode's crops need its pixels)
-        self.timings: dict[str, float] = {}
+        self._pixels: npt.NDArray[np.uint8] | None = None  # the image set (everything mode's crops need it)
+        self._engine: Engine
         if self.folder.family == "sam":
             from fastseg.sam import SamEngine
 
-            self._engine: Any = SamEngine(self.folder, sessions)
+            self._engine = SamEngine(self.folder, sessions)
         else:
-            for name, value in (("conf", conf), ("iou", iou)):
-                if not 0.0 <= float(value) <= 1.0:
-                    raise ValueError(f"{name} must be in [0, 1], got {value}")
             from fastseg.fastsam import FastSamEngine
 
-            self._engine = FastSamEngine(self.folder, sessions, conf=float(conf), iou=float(iou))
+            self._engine = FastSamEngine(self.folder, sessions, conf=conf, iou=iou)
 
     @property
     def model_name(self) -> str:
@@ -105,14 +111,12 @@ class Predictor:
         with self._lock:
             self._set_image_locked(array)
 
-    def _set_image_locked(self, array: Any) -> None:
+    def _set_image_locked(self, array: npt.NDArray[np.uint8]) -> None:
         """Encode ``array`` (RGB uint8) as the image set; the caller holds ``self._lock``."""
-        start = time.perf_counter()
         self._image_size = self._pixels = None
         self._engine.set_image(array)
         self._image_size = (int(array.shape[0]), int(array.shape[1]))
         self._pixels = array
-        self.timings["set_image"] = time.perf_counter() - start
 
     def _require_image(self) -> tuple[int, int]:
         if self._image_size is None:
@@ -121,10 +125,10 @@ class Predictor:
 
     def predict(
         self,
-        points: Any = None,
-        labels: Any = None,
-        boxes: Any = None,
-        mask_input: Any = None,
+        points: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        boxes: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
         multimask: bool = True,
     ) -> SegmentationResult:
         """Masks for the prompts on the image set.
@@ -134,7 +138,7 @@ class Predictor:
             labels: ``(N,)`` 1 foreground / 0 background (default: all foreground).
             boxes: ``(4,)`` or ``(B, 4)`` XYXY; several boxes give one prompt set each, run in one batch
                 (``result.by_prompt()`` splits them). Points, if given too, apply to every box.
-            mask_input: a previous result's ``low_res_logits`` (SAM family).
+            mask_input: a previous result's ``low_res_logits`` (SAM family; FastSAM refuses it).
             multimask: SAM family: 3 masks per prompt set if True, else 1 (as ``SamPredictor.predict``).
 
         Returns:
@@ -142,27 +146,18 @@ class Predictor:
         """
         with self._lock:
             size = self._require_image()
-            prompts = validate_prompts(size, points, labels, boxes, mask_input)
-            if prompts.empty:
-                raise ValueError(
-                    "predict needs points and/or boxes; no prompt was given (whole-image segmentation "
-                    "is a separate mode, not a default)"
-                )
-            start = time.perf_counter()
-            result = self._engine.predict(
-                prompts.points, prompts.labels, prompts.boxes, prompts.mask_input, bool(multimask)
-            )
-            self.timings["predict"] = time.perf_counter() - start
+            prompts = validate_prompts(size, points, labels, boxes, mask_input, self._engine.low_res_size)
+            result = self._engine.predict(prompts, bool(multimask))
         result.info.update(self._info())
         return result
 
-    def get_image_embedding(self) -> Any:
+    def get_image_embedding(self) -> ImageEmbeddingLike:
         """What ``set_image`` computed, to store and restore later with :meth:`set_image_embedding`."""
         with self._lock:
             self._require_image()
             return self._engine.get_image_embedding()
 
-    def set_image_embedding(self, embedding: Any) -> None:
+    def set_image_embedding(self, embedding: ImageEmbeddingLike) -> None:
         """Restore an image state taken with :meth:`get_image_embedding` (same model), without encoding."""
         with self._lock:
             self._image_size = self._pixels = None
@@ -170,8 +165,12 @@ class Predictor:
             self._image_size = tuple(int(v) for v in embedding.original_size)  # type: ignore[assignment]
 
     def everything(
-        self, image: ImageLike | None = None, *, progress: Any = False, **params: Any
-    ) -> list[dict[str, Any]]:
+        self,
+        image: ImageLike | None = None,
+        *,
+        progress: bool | ProgressCallback = False,
+        **params: object,
+    ) -> MaskRecords:
         """Segment the whole image without prompts ("everything" / automatic mask generation).
 
         SAM family: ``SamAutomaticMaskGenerator(...).generate(image)`` with the same parameters and
@@ -179,7 +178,7 @@ class Predictor:
         stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=0,
         crop_nms_thresh=0.7, crop_overlap_ratio=512/1500, crop_n_points_downscale_factor=1,
         point_grids=None, min_mask_region_area=0, output_mode="binary_mask"``); see
-        :class:`fastseg.everything.SamEverythingParams`. FastSAM: every detection with its mask
+        :class:`fastseg.amg.SamEverythingParams`. FastSAM: every detection with its mask
         (ultralytics without prompts, at this Predictor's ``conf`` / ``iou``); only ``output_mode``.
 
         Args:
@@ -189,30 +188,30 @@ class Predictor:
                 ``(points_done, points_total, crops_done, crops_total, masks_kept)`` (SAM family).
 
         Returns:
-            One record (dict) per mask, as the original generator's: ``segmentation`` (``(H, W)``
-            bool, or an RLE dict per ``output_mode``), ``area``, ``bbox`` (XYWH), and for the SAM
-            family ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``; for FastSAM
-            ``score``. :func:`fastseg.everything.overlay` and :func:`~fastseg.everything.write_json`
-            draw and save them.
+            :class:`~fastseg.records.MaskRecords`: one record (dict) per mask, as the original
+            generator's: ``segmentation`` (``(H, W)`` bool, or an RLE dict per ``output_mode``),
+            ``area``, ``bbox`` (XYWH), and for the SAM family ``predicted_iou``, ``point_coords``,
+            ``stability_score``, ``crop_box``; for FastSAM ``score``. The list also offers the
+            :class:`SegmentationResult` view (``.scores``, ``.boxes``, ``.result()``), an overlay and
+            JSON output.
         """
-        from fastseg import everything as ev
-
-        options = ev.make_params(self.folder.family, params)  # bad parameters fail before any work
+        options = self._engine.everything_params(params)  # bad parameters fail before any work
         array = None if image is None else load_image(image)
+        if progress is True:
+            from fastseg.amg import StderrProgress
+
+            callback: ProgressCallback | None = StderrProgress()
+        else:
+            callback = progress or None
         with self._lock:
             if array is not None:
                 self._set_image_locked(array)
-            start = time.perf_counter()
             self._require_image()
-            if isinstance(options, ev.SamEverythingParams):
-                callback = ev.StderrProgress() if progress is True else (progress or None)
-                records = ev.generate_sam(self._engine, options, self._pixels, callback)
-            else:
-                records = ev.generate_fastsam(self._engine, options)
-            self.timings["everything"] = time.perf_counter() - start
+            records = self._engine.everything(options, self._pixels, callback)
+        records.info.update(self._info())
         return records
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> dict[str, str]:
         return {
             "model": self.folder.name,
             "weights": self.folder.weights,

@@ -7,7 +7,6 @@ as given, int64 labels) or raises a ``ValueError`` that names what was expected 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +21,13 @@ class Prompts:
         labels: ``(N,)`` int64, 1 foreground / 0 background, or None (exactly when points is None).
         boxes: ``(B, 4)`` float64 XYXY in original-image pixels, or None.
 
-    Coordinates stay float64, as the user gave them: ``segment_anything`` scales them to the input
-    frame in float64 before its float32 cast, and ultralytics truncates them to whole pixels from
-    the given value (a float32 round trip would turn 100.99999999 into 101, not 100).
-        mask_input: ``(B or 1, 256, 256)`` float32 low-resolution logits from a previous call, or None.
+        mask_input: ``(B or 1, S, S)`` float32 low-resolution logits from a previous call (``S`` the
+            model's low-resolution mask size), or None.
+
+    At least one point or box is present. Coordinates stay float64, as the user gave them:
+    ``segment_anything`` scales them to the input frame in float64 before its float32 cast, and
+    ultralytics truncates them to whole pixels from the given value (a float32 round trip would turn
+    100.99999999 into 101, not 100). Engines trust a ``Prompts`` value: nothing checks it twice.
     """
 
     points: npt.NDArray[np.float64] | None = None
@@ -34,11 +36,12 @@ class Prompts:
     mask_input: npt.NDArray[np.float32] | None = None
 
     @property
-    def empty(self) -> bool:
-        return self.points is None and self.boxes is None
+    def n_sets(self) -> int:
+        """Prompt sets: one per box, or one without boxes."""
+        return 1 if self.boxes is None else int(self.boxes.shape[0])
 
 
-def _as_float_array(value: Any, what: str) -> npt.NDArray[np.float64]:
+def _as_float_array(value: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -48,24 +51,30 @@ def _as_float_array(value: Any, what: str) -> npt.NDArray[np.float64]:
 
 def validate_prompts(
     image_size: tuple[int, int],
-    points: Any = None,
-    labels: Any = None,
-    boxes: Any = None,
-    mask_input: Any = None,
-    low_res_size: int = 256,
+    points: npt.ArrayLike | None = None,
+    labels: npt.ArrayLike | None = None,
+    boxes: npt.ArrayLike | None = None,
+    mask_input: npt.ArrayLike | None = None,
+    low_res_size: int | None = None,
 ) -> Prompts:
     """Check prompts for an image of ``image_size`` ``(H, W)`` and bring them to one layout.
+
+    Raises ``ValueError`` when no point or box is given: segmenting the whole image is a mode of its
+    own (``Predictor.everything``), never the default.
 
     Args:
         points: ``(N, 2)`` or ``(2,)`` XY pixel coordinates; each must lie inside the image
             (``0 <= x <= W``, ``0 <= y <= H``).
         labels: ``(N,)`` of 1 (foreground) and 0 (background); defaults to all foreground.
         boxes: ``(4,)`` or ``(B, 4)`` XYXY with ``x1 <= x2`` and ``y1 <= y2``, inside the image.
-        mask_input: low-resolution logits ``(256, 256)``, ``(B, 256, 256)`` or ``(B, 1, 256, 256)``,
-            e.g. ``result.low_res_logits`` of a previous call.
+        mask_input: low-resolution logits ``(S, S)``, ``(B, S, S)`` or ``(B, 1, S, S)``, e.g.
+            ``result.low_res_logits`` of a previous call.
+        low_res_size: ``S``, the model's low-resolution mask size (its model folder says it); None
+            for a model that takes no mask input (FastSAM).
     """
     h, w = image_size
     pts = lab = bxs = msk = None
+    mask32: npt.NDArray[np.float32] | None = None
     if points is not None:
         pts = _as_float_array(points, "points")
         if pts.ndim == 1 and pts.shape == (2,):
@@ -77,8 +86,7 @@ def validate_prompts(
         outside = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
         if outside.any():
             raise ValueError(
-                f"points must lie inside the {w}x{h} image (0 <= x <= {w}, 0 <= y <= {h}), "
-                f"got {pts[outside].tolist()}"
+                f"points must lie inside the {w}x{h} image (0 <= x <= {w}, 0 <= y <= {h}), got {pts[outside].tolist()}"
             )
         if labels is None:
             lab = np.ones(len(pts), dtype=np.int64)
@@ -109,7 +117,14 @@ def validate_prompts(
         outside = (bxs[:, 0] < 0) | (bxs[:, 1] < 0) | (bxs[:, 2] > w) | (bxs[:, 3] > h)
         if outside.any():
             raise ValueError(f"boxes must lie inside the {w}x{h} image, got {bxs[outside].tolist()}")
+    if pts is None and bxs is None:
+        raise ValueError(
+            "predict needs points and/or boxes; no prompt was given (whole-image segmentation "
+            "is a separate mode, not a default)"
+        )
     if mask_input is not None:
+        if low_res_size is None:
+            raise ValueError("this model takes no mask_input (that is a SAM-family prompt); pass points or boxes")
         msk = _as_float_array(mask_input, "mask_input")
         if msk.ndim == 4 and msk.shape[1] == 1:
             msk = msk[:, 0]
@@ -125,5 +140,5 @@ def validate_prompts(
         n_sets = 1 if bxs is None else bxs.shape[0]
         if msk.shape[0] not in (1, n_sets):
             raise ValueError(f"mask_input has {msk.shape[0]} masks but there are {n_sets} prompt sets")
-        msk = msk.astype(np.float32)
-    return Prompts(points=pts, labels=lab, boxes=bxs, mask_input=msk)
+        mask32 = msk.astype(np.float32)
+    return Prompts(points=pts, labels=lab, boxes=bxs, mask_input=mask32)

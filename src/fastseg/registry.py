@@ -25,8 +25,8 @@ class ModelSpec:
         name: registry name, e.g. ``"mobile_sam"``.
         family: ``"sam"`` (image encoder + prompt decoder) or ``"fastsam"`` (one YOLOv8-seg network).
         input_size: longest side (SAM) or letterbox size (FastSAM) of the network input, in pixels.
-        pixel_mean, pixel_std: RGB normalisation applied to 0..255 pixels (SAM family).
-            FastSAM divides by 255 instead; its mean is 0 and std 255.
+        pixel_mean, pixel_std: RGB normalisation ``(x - mean) / std`` of 0..255 pixels (FastSAM: mean 0,
+            std 255, ultralytics' ``x / 255``).
         resize: ``"longest_side"`` (SAM: resize so the longest side is ``input_size``, pad bottom/right)
             or ``"letterbox"`` (FastSAM: ultralytics letterbox, centred padding with value 114).
         mask_threshold: logit threshold that turns mask logits into a binary mask.

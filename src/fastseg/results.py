@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-
-def masks_to_boxes(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-    """Tight XYXY boxes of boolean masks ``(N, H, W)``; an empty mask gets ``[0, 0, 0, 0]``.
-
-    Boxes follow segment-anything's ``batched_mask_to_box``: x2/y2 are the last foreground pixel's
-    index (inclusive), as float32 in original-image pixels.
-    """
-    n, h, w = masks.shape
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0 or h == 0 or w == 0:
-        return boxes
-    rows = masks.any(axis=2)  # (N, H)
-    cols = masks.any(axis=1)  # (N, W)
-    nonempty = rows.any(axis=1)
-    y1 = rows.argmax(axis=1)
-    y2 = h - 1 - rows[:, ::-1].argmax(axis=1)
-    x1 = cols.argmax(axis=1)
-    x2 = w - 1 - cols[:, ::-1].argmax(axis=1)
-    boxes[:] = np.stack([x1, y1, x2, y2], axis=1)
-    boxes[~nonempty] = 0
-    return boxes
 
 
 @dataclass
@@ -43,6 +22,8 @@ class SegmentationResult:
             ``mask_input``; ``None`` for FastSAM.
         prompt_index: ``(N,)`` int64, which prompt set (e.g. which box) each mask answers.
         info: free-form notes about how the result was made (model name, backend, precision).
+        records: everything mode only: the records the masks come from (see
+            :class:`fastseg.records.MaskRecords`), else None.
     """
 
     masks: npt.NDArray[np.bool_]
@@ -51,6 +32,7 @@ class SegmentationResult:
     low_res_logits: npt.NDArray[np.float32] | None = None
     prompt_index: npt.NDArray[np.int64] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    records: Sequence[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.masks.ndim != 3 or self.masks.dtype != np.bool_:
@@ -60,9 +42,7 @@ class SegmentationResult:
             raise ValueError(f"scores must have shape ({n},), got {self.scores.shape}")
         if self.boxes.shape != (n, 4):
             raise ValueError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}")
-        if self.low_res_logits is not None and (
-            self.low_res_logits.ndim != 3 or self.low_res_logits.shape[0] != n
-        ):
+        if self.low_res_logits is not None and (self.low_res_logits.ndim != 3 or self.low_res_logits.shape[0] != n):
             raise ValueError(f"low_res_logits must be ({n}, h, w), got {self.low_res_logits.shape}")
         if self.prompt_index is None:
             self.prompt_index = np.zeros(n, dtype=np.int64)
@@ -100,8 +80,10 @@ class SegmentationResult:
     def best(self) -> SegmentationResult:
         """The highest-scoring mask of each prompt set."""
         assert self.prompt_index is not None
-        keep = [int(np.flatnonzero(self.prompt_index == i)[np.argmax(self.scores[self.prompt_index == i])])
-                for i in np.unique(self.prompt_index)]
+        keep = [
+            int(np.flatnonzero(self.prompt_index == i)[np.argmax(self.scores[self.prompt_index == i])])
+            for i in np.unique(self.prompt_index)
+        ]
         return self[keep]
 
     def to_rle(self) -> list[dict[str, Any]]:

@@ -15,19 +15,24 @@ Every function here reproduces the corresponding step of ``segment_anything`` (`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from fastseg.manifest import GRAPHS_BY_FAMILY
-from fastseg.registry import ModelSpec
-from fastseg.results import SegmentationResult, masks_to_boxes
+from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, ModelFolderError
+from fastseg.ops import bilinear_taps, masks_to_boxes
+from fastseg.registry import Family, ModelSpec
+from fastseg.results import SegmentationResult
 
-LOW_RES_SIZE = 256
-EMBEDDING_SHAPE = (1, 256, 64, 64)
-NUM_MASK_OUTPUTS = 4
+if TYPE_CHECKING:
+    from fastseg.amg import SamEverythingParams
+    from fastseg.backends import Session
+    from fastseg.engine import ProgressCallback
+    from fastseg.prompts import Prompts
+    from fastseg.records import MaskRecords
 
 #: Point labels as the decoder graph takes them (``PromptEncoder`` semantics).
 LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -68,7 +73,7 @@ def resize_longest_side(image: npt.NDArray[np.uint8], long_side: int) -> npt.NDA
     if (h, w) == image.shape[:2]:
         return image
     pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((w, h), Image.BILINEAR))
+    return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
 
 
 def preprocess(image: npt.NDArray[np.uint8], spec: ModelSpec) -> tuple[npt.NDArray[np.float32], tuple[int, int]]:
@@ -131,34 +136,35 @@ def build_prompt_arrays(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The decoder's ``point_coords`` ``(B, N, 2)`` and ``point_labels`` ``(B, N)``, in the input frame.
 
-    Laid out as ``PromptEncoder`` orders its sparse embeddings: the points (shared by every box),
-    then a padding point ``(0, 0)`` with label -1 **only when there is no box**
-    (``_embed_points(pad=boxes is None)``), then the box's two corners with labels 2 and 3.
-    ``B`` is the number of boxes, or 1 without boxes.
+    Laid out as ``PromptEncoder`` orders its sparse embeddings: the points, then a padding point
+    ``(0, 0)`` with label -1 **only when there is no box** (``_embed_points(pad=boxes is None)``),
+    then the box's two corners with labels 2 and 3. The inputs are trusted (validated by
+    :func:`fastseg.prompts.validate_prompts`, or built by a caller such as :mod:`fastseg.amg`).
 
     Args:
-        points: ``(N, 2)`` XY in original pixels, or None.
-        labels: ``(N,)`` of 1 (foreground) / 0 (background); required with points.
+        points: ``(N, 2)`` XY in original pixels, shared by every box; or ``(B, N, 2)``, one row
+            per prompt set (everything mode's grid: one point per set); or None.
+        labels: ``(N,)`` or ``(B, N)`` of 1 (foreground) / 0 (background), with points.
         boxes: ``(B, 4)`` XYXY in original pixels, or None.
+
+    ``B`` is the number of boxes, or of point rows, or 1.
     """
-    if points is None and boxes is None:
-        raise ValueError("SAM needs at least one point or one box, got neither")
     parts_xy: list[npt.NDArray[np.float32]] = []
     parts_label: list[npt.NDArray[np.float32]] = []
-    n_sets = 1 if boxes is None else int(np.shape(boxes)[0])
+    if boxes is not None:
+        n_sets = int(np.shape(boxes)[0])
+    elif points is not None and np.ndim(points) == 3:
+        n_sets = int(np.shape(points)[0])
+    else:
+        n_sets = 1
     if points is not None:
-        if labels is None:
-            raise ValueError("labels must be given with points")
-        points = np.asarray(points)
-        labels = np.asarray(labels)
-        if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (points.shape[0],):
-            raise ValueError(f"points must be (N, 2) with labels (N,), got {points.shape} and {labels.shape}")
         xy = transform_coords(points, original_size, long_side)
-        parts_xy.append(np.broadcast_to(xy, (n_sets, *xy.shape)))
-        parts_label.append(np.broadcast_to(labels.astype(np.float32), (n_sets, labels.shape[0])))
+        parts_xy.append(np.broadcast_to(xy, (n_sets, *xy.shape[-2:])))
+        lab = np.ones(xy.shape[:-1], np.float32) if labels is None else np.asarray(labels, dtype=np.float32)
+        parts_label.append(np.broadcast_to(lab, (n_sets, lab.shape[-1])))
     if boxes is None:
-        parts_xy.append(np.zeros((1, 1, 2), np.float32))
-        parts_label.append(np.full((1, 1), LABEL_PADDING, np.float32))
+        parts_xy.append(np.zeros((n_sets, 1, 2), np.float32))
+        parts_label.append(np.full((n_sets, 1), LABEL_PADDING, np.float32))
     else:
         corners = transform_boxes(boxes, original_size, long_side).reshape(-1, 2, 2)
         parts_xy.append(corners)
@@ -174,28 +180,14 @@ def build_prompt_arrays(
 # Mask upscaling
 
 
-def _linear_taps(
-    n_in: int, n_out: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Source samples and weights of 1-D linear resampling, ``F.interpolate(mode="bilinear",
-    align_corners=False)`` along one axis: output ``i`` reads source ``(i + 0.5) * n_in / n_out - 0.5``,
-    clamped at 0, between samples ``floor`` and ``floor + 1`` (the last sample repeated past the edge),
-    without antialiasing. Returns ``(i0, i1, w0, w1)``, each ``(n_out,)``."""
-    dst = np.arange(n_out, dtype=np.float64)
-    src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    return i0, i1, 1.0 - frac, frac
-
-
 def interpolation_matrix(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
-    """``(n_out, n_in)`` matrix of :func:`_linear_taps` (bilinear, ``align_corners=False``, one axis)."""
-    i0, i1, w0, w1 = _linear_taps(n_in, n_out)
+    """``(n_out, n_in)`` matrix of :func:`fastseg.ops.bilinear_taps` in float64 (bilinear,
+    ``align_corners=False``, one axis)."""
+    taps = bilinear_taps(n_in, n_out, dtype=np.float64)
     rows = np.arange(n_out)
     matrix = np.zeros((n_out, n_in), dtype=np.float64)
-    matrix[rows, i0] = w0
-    matrix[rows, i1] += w1  # i1 == i0 at the last sample: the weights add up to 1
+    matrix[rows, taps.i0] = taps.w0
+    matrix[rows, taps.i1] += taps.w1  # i1 == i0 at the last sample: the weights add up to 1
     return matrix
 
 
@@ -207,8 +199,8 @@ def upscale_matrix(low_res: int, padded: int, input_len: int, original_len: int)
     with at most three non-zeros per row (adjacent), exact in real arithmetic.
     """
     first = interpolation_matrix(low_res, padded)[:input_len]  # (input_len, low_res)
-    i0, i1, w0, w1 = _linear_taps(input_len, original_len)
-    return w0[:, None] * first[i0] + w1[:, None] * first[i1]
+    taps = bilinear_taps(input_len, original_len, dtype=np.float64)
+    return taps.w0[:, None] * first[taps.i0] + taps.w1[:, None] * first[taps.i1]
 
 
 def _banded(matrix: npt.NDArray[np.float64], block: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -245,36 +237,17 @@ class UpscalePlan:
     ``(rows used, W)`` array, the row pass writes the output in cache-sized chunks and thresholds
     each chunk while it is hot, so the full-resolution float image is never stored.
 
-    Why numpy and not a graph. Measured on this project's 2-core AVX-512 machine (shared with other
-    work; min over interleaved repeated runs taken while it was otherwise idle), MobileSAM, one click
-    on a 1920 x 1080 photo (the decoder graph is the same size for every SAM variant):
-
-    ===========================================================  =========  =========
-    step                                                          f32        bf16
-    ===========================================================  =========  =========
-    decoder graph alone, OpenVINO (1 prompt set, 4 masks)         33.8 ms    20.4 ms
-    ``decoder_points`` graph alone (image side precomputed)       27.9 ms    16.4 ms
-    upscaling 3 masks, OpenVINO graph (Interpolate, crop, > 0)    35.6 ms    25.9 ms
-    upscaling 3 masks, PyTorch (``postprocess_masks`` + ``> 0``)  8.0 ms
-    upscaling 3 masks, this plan (numpy)                          2.0 ms
-    building this plan (once per image size, in ``set_image``)    2.9 ms
-    mask -> box for the 3 masks (``masks_to_boxes``)              0.4 ms
-    one click end to end, ``Predictor.predict`` (``decoder``)     37.8 ms    24.9 ms
-    one click end to end, ``Predictor.predict`` (1620 x 1080,     31.3 ms    20.2 ms
-    ``decoder_points``; median of 35 clicks)
-    ===========================================================  =========  =========
-
-    OpenVINO's Interpolate is more than 10x slower than this plan and would also need its own
-    session held at f32 whatever the decoder's precision (bf16 resampling flipped 0.002% of pixels).
-    The plan agrees with ``postprocess_masks`` + ``> 0`` on >= 99.9999% of pixels: only logits within
-    float32 rounding of the threshold can differ.
+    Upscaling runs here rather than in a graph because OpenVINO's Interpolate was measured more than
+    10x slower than this plan, and would need a session of its own held at f32 whatever the decoder's
+    precision (docs/PERFORMANCE.md). The plan agrees with ``postprocess_masks`` + ``> 0`` on >= 99.9999%
+    of pixels: only logits within float32 rounding of the threshold can differ.
     """
 
     def __init__(
         self,
         input_size: tuple[int, int],
         original_size: tuple[int, int],
-        low_res: int = LOW_RES_SIZE,
+        low_res: int = 256,
         padded: int = 1024,
         row_block: int = 8,
         col_block: int = 64,
@@ -308,7 +281,8 @@ class UpscalePlan:
         gathered = rows[:, :, self._col_index].transpose(0, 2, 1, 3)  # (M, Jc, rows, K)
         out = np.matmul(gathered, self._col_weights_t)  # (M, Jc, rows, col_block)
         out = out.transpose(0, 2, 1, 3).reshape(m, self._rows_used, -1)
-        return out[:, :, : self.original_size[1]]
+        columns: npt.NDArray[np.float32] = out[:, :, : self.original_size[1]]
+        return columns
 
     def _run(self, logits: npt.NDArray[np.float32], threshold: float | None) -> npt.NDArray[Any]:
         logits = np.asarray(logits, dtype=np.float32)
@@ -316,7 +290,7 @@ class UpscalePlan:
             raise ValueError(f"logits must have shape (M, {self.low_res}, {self.low_res}), got {logits.shape}")
         m = logits.shape[0]
         h, w = self.original_size
-        out = np.empty((m, h, w), dtype=np.float32 if threshold is None else np.bool_)
+        out: npt.NDArray[Any] = np.empty((m, h, w), dtype=np.float32 if threshold is None else np.bool_)
         if m == 0:
             return out
         columns = self._column_pass(logits)
@@ -381,12 +355,12 @@ class ImageEmbedding:
 
 
 class SamEngine:
-    """SAM / MobileSAM behind four sessions, one per graph of the model folder.
+    """SAM / MobileSAM behind four sessions, one per graph of the model folder (an :class:`~fastseg.engine.Engine`).
 
     ``encoder`` and ``decoder_image`` run once per image (the latter computes the image-only start of
     the mask decoder); each prompt without a mask input runs ``decoder_points``, a prompt with a mask
     input the general ``decoder``. Both decoders compute the same function (the export checks each
-    against PyTorch).
+    against PyTorch). The sizes of the embedding and of the low-resolution masks come from the folder.
 
     Args:
         folder: a :class:`fastseg.manifest.ModelFolder` of the SAM family.
@@ -395,12 +369,16 @@ class SamEngine:
     """
 
     GRAPHS = GRAPHS_BY_FAMILY["sam"]
+    family: Family = "sam"
 
-    def __init__(self, folder: Any, sessions: dict[str, Any]) -> None:
+    def __init__(self, folder: ModelFolder, sessions: Mapping[str, Session]) -> None:
         self.spec: ModelSpec = folder.spec
-        self.model_name = str(folder.name) if hasattr(folder, "name") else self.spec.name
-        if self.spec.family != "sam":
-            raise ValueError(f"SamEngine needs a SAM-family model, got {self.spec.name!r} ({self.spec.family})")
+        self.model_name = folder.name
+        if self.spec.family != "sam" or self.spec.resize != "longest_side":
+            raise ModelFolderError(
+                f"SamEngine needs a SAM-family model resized by its longest side, got {self.spec.name!r} "
+                f"(family {self.spec.family!r}, resize {self.spec.resize!r})"
+            )
         missing = [g for g in self.GRAPHS if g not in sessions]
         if missing:
             raise ValueError(f"SamEngine needs sessions for graphs {list(self.GRAPHS)}; missing {missing}")
@@ -416,10 +394,16 @@ class SamEngine:
         _require_names(self._decoder_image.output_names, DECODER_IMAGE_OUTPUTS, "decoder_image outputs")
         _require_names(self._decoder_points.input_names, POINT_DECODER_INPUTS, "decoder_points inputs")
         _require_names(self._decoder_points.output_names, DECODER_OUTPUTS, "decoder_points outputs")
-        extra = folder.manifest.get("extra", {}) if hasattr(folder, "manifest") else {}
-        self.low_res_size = int(extra.get("low_res_size", LOW_RES_SIZE))
-        shape = extra.get("embedding_shape")
-        self.embedding_shape = (1, *(int(v) for v in shape)) if shape else EMBEDDING_SHAPE
+        extra = folder.manifest.get("extra", {})
+        try:
+            self.low_res_size: int = int(extra["low_res_size"])
+            self.num_mask_outputs = int(extra["num_mask_outputs"])
+            self.embedding_shape = (1, *(int(v) for v in extra["embedding_shape"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(
+                f"{folder.path}: the manifest's 'extra' entry needs low_res_size, num_mask_outputs and "
+                f"embedding_shape for a SAM model ({type(exc).__name__}: {exc})"
+            ) from None
         self._embedding: ImageEmbedding | None = None
         self._image_side: dict[str, npt.NDArray[np.float32]] = {}
         self._plans: dict[tuple[tuple[int, int], tuple[int, int]], UpscalePlan] = {}
@@ -445,12 +429,12 @@ class SamEngine:
             raise RuntimeError("no image is set: call set_image(image) or set_image_embedding(...) first")
         return self._embedding
 
-    def set_image_embedding(self, embedding: ImageEmbedding) -> None:
+    def set_image_embedding(self, embedding: Any) -> None:
         """Restore the state of an image encoded earlier by the same model (runs ``decoder_image`` only)."""
         self._check_embedding(embedding)
         self._embedding = None
         out = self._decoder_image.run({"image_embeddings": embedding.embedding})
-        self._image_side = {name: out[name] for name in DECODER_IMAGE_OUTPUTS}
+        self._image_side = {name: np.asarray(out[name], dtype=np.float32) for name in DECODER_IMAGE_OUTPUTS}
         self._embedding = embedding
         self._plan(embedding)  # the upscaling plan depends only on the sizes: build it now, not per click
 
@@ -474,26 +458,22 @@ class SamEngine:
             )
 
     def _plan(self, embedding: ImageEmbedding) -> UpscalePlan:
-        key = (tuple(embedding.input_size), tuple(embedding.original_size))
+        # tuple(): hashable even if a hand-made embedding holds lists; _check_embedding made both pairs.
+        key = cast(
+            "tuple[tuple[int, int], tuple[int, int]]", (tuple(embedding.input_size), tuple(embedding.original_size))
+        )
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.pop(next(iter(self._plans)))
             plan = UpscalePlan(key[0], key[1], low_res=self.low_res_size, padded=self.spec.input_size)
-            self._plans[key] = plan  # type: ignore[index]
+            self._plans[key] = plan
         return plan
 
     # prompting ------------------------------------------------------------------------------------
 
-    def predict(
-        self,
-        points: npt.NDArray[np.float32] | None,
-        labels: npt.NDArray[np.int64] | None,
-        boxes: npt.NDArray[np.float32] | None,
-        mask_input: npt.NDArray[np.float32] | None,
-        multimask: bool,
-    ) -> SegmentationResult:
-        """Masks for validated prompts (see :func:`fastseg.prompts.validate_prompts`).
+    def predict(self, prompts: Prompts, multimask: bool) -> SegmentationResult:
+        """Masks for validated prompts (:func:`fastseg.prompts.validate_prompts`).
 
         Several boxes run as one decoder batch with one prompt set per box (points, if any, are
         shared by every box), like ``SamPredictor.predict_torch`` with a batch of boxes.
@@ -503,22 +483,21 @@ class SamEngine:
             prompt order; ``prompt_index`` tells which prompt set each mask answers.
         """
         emb = self.get_image_embedding()
-        coords, point_labels = build_prompt_arrays(points, labels, boxes, emb.original_size, self.spec.input_size)
+        coords, point_labels = build_prompt_arrays(
+            prompts.points, prompts.labels, prompts.boxes, emb.original_size, self.spec.input_size
+        )
         n_sets = coords.shape[0]
         size = self.low_res_size
-        if mask_input is None:
+        if prompts.mask_input is None:
             low_res, iou = self._run_points(coords, point_labels)
         else:
-            mask = np.asarray(mask_input, dtype=np.float32)
-            if mask.ndim == 3:
-                mask = mask[:, None]
-            if mask.ndim != 4 or mask.shape[1:] != (1, size, size) or mask.shape[0] not in (1, n_sets):
-                raise ValueError(
-                    f"mask_input must be (1 or {n_sets}, {size}, {size}) for {n_sets} prompt set(s), "
-                    f"got {np.shape(mask_input)}"
-                )
-            feeds = {"image_embeddings": emb.embedding, "point_coords": coords, "point_labels": point_labels,
-                     "mask_input": np.ascontiguousarray(mask), "has_mask_input": np.ones(1, dtype=np.float32)}
+            feeds = {
+                "image_embeddings": emb.embedding,
+                "point_coords": coords,
+                "point_labels": point_labels,
+                "mask_input": np.ascontiguousarray(prompts.mask_input[:, None]),
+                "has_mask_input": np.ones(1, dtype=np.float32),
+            }
             low_res, iou = self._checked(self._decoder.run(feeds), n_sets, "decoder")
         chosen = slice(1, None) if multimask else slice(0, 1)
         low_res = low_res[:, chosen]
@@ -539,24 +518,18 @@ class SamEngine:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """One raw decoder run on the image set, without mask input and without upscaling.
 
-        For callers that batch many prompt sets and upscale only some masks (``fastseg.everything``).
+        For callers that batch many prompt sets and upscale only some masks (:mod:`fastseg.amg`).
 
         Args:
-            point_coords: ``(B, N, 2)`` float32 in the input frame, laid out as
-                :func:`build_prompt_arrays` does (padding point included).
+            point_coords: ``(B, N, 2)`` float32 in the input frame, from :func:`build_prompt_arrays`.
             point_labels: ``(B, N)`` float32.
 
         Returns:
-            ``low_res_masks`` ``(B, 4, 256, 256)`` logits and ``iou_predictions`` ``(B, 4)``.
+            ``low_res_masks`` ``(B, K, S, S)`` logits and ``iou_predictions`` ``(B, K)`` (``K`` masks
+            per prompt set, ``S`` the low-resolution size).
         """
         self.get_image_embedding()
-        coords = np.ascontiguousarray(point_coords, dtype=np.float32)
-        labels = np.ascontiguousarray(point_labels, dtype=np.float32)
-        if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
-            raise ValueError(
-                f"point_coords must be (B, N, 2) with point_labels (B, N), got {coords.shape} and {labels.shape}"
-            )
-        return self._run_points(coords, labels)
+        return self._run_points(point_coords, point_labels)
 
     def _run_points(
         self, coords: npt.NDArray[np.float32], labels: npt.NDArray[np.float32]
@@ -565,16 +538,34 @@ class SamEngine:
         return self._checked(self._decoder_points.run(feeds), coords.shape[0], "decoder_points")
 
     def _checked(
-        self, out: dict[str, Any], n_sets: int, graph: str
+        self, out: Mapping[str, npt.NDArray[Any]], n_sets: int, graph: str
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         low_res, iou = out["low_res_masks"], out["iou_predictions"]
-        size = self.low_res_size
-        if low_res.shape != (n_sets, NUM_MASK_OUTPUTS, size, size) or iou.shape != (n_sets, NUM_MASK_OUTPUTS):
+        size, k = self.low_res_size, self.num_mask_outputs
+        if low_res.shape != (n_sets, k, size, size) or iou.shape != (n_sets, k):
             raise RuntimeError(
                 f"{graph} returned low_res_masks {low_res.shape} and iou_predictions {iou.shape}; expected "
-                f"({n_sets}, {NUM_MASK_OUTPUTS}, {size}, {size}) and ({n_sets}, {NUM_MASK_OUTPUTS})"
+                f"({n_sets}, {k}, {size}, {size}) and ({n_sets}, {k})"
             )
-        return low_res, iou
+        return np.asarray(low_res, dtype=np.float32), np.asarray(iou, dtype=np.float32)
+
+    # everything mode ------------------------------------------------------------------------------
+
+    def everything_params(self, options: Mapping[str, Any]) -> SamEverythingParams:
+        from fastseg.amg import params_from_options
+
+        return params_from_options(options)
+
+    def everything(
+        self,
+        params: SamEverythingParams,
+        image: npt.NDArray[np.uint8] | None,
+        progress: ProgressCallback | None,
+    ) -> MaskRecords:
+        """``SamAutomaticMaskGenerator(model, **params).generate(image)`` (:func:`fastseg.amg.generate`)."""
+        from fastseg.amg import generate
+
+        return generate(self, params, image, progress)
 
 
 def _require_names(have: Any, needed: tuple[str, ...], what: str) -> None:
