@@ -1,5 +1,10 @@
 """Shared fixtures: random-weight checkpoints in the official formats and their exported model folders.
 
+Two tiers. ``pytest -m "not slow"`` (the fast tier) never imports torch or a reference package and
+exports no full-size model. A test that needs any of those gets it through a fixture, and using such a
+fixture marks the test ``slow`` automatically (:data:`SLOW_FIXTURES`, and every fixture whose name
+starts with ``reference_``): nobody has to remember the marker.
+
 Checkpoints and exports are built once per test session. Set ``FASTSEG_TEST_CACHE=/some/dir`` to keep
 them across sessions while developing: entries are keyed by a hash of the export code, so a change to
 the exporter rebuilds them.
@@ -11,16 +16,26 @@ import ctypes
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 SEED = 0
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_THREADS = torch.get_num_threads()  # torch's default, before anything changes it
+
+#: Fixtures that bring torch, a reference implementation or a full-size export: a test using one (directly
+#: or through another fixture) is marked ``slow``. So is one using a fixture named ``reference_*``.
+SLOW_FIXTURES = frozenset({"random_checkpoint", "exported_model", "official_sam", "fastseg_cache"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & SLOW_FIXTURES or any(n.startswith("reference_") for n in names):
+            item.add_marker(pytest.mark.slow)
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -54,20 +69,50 @@ def _hand_back_free_memory():
         _LIBC.malloc_trim(0)
 
 
+_TORCH_THREADS: list[int] = []  # torch's default thread count, read when a test first imports torch
+
+
+def import_torch():  # noqa: ANN201
+    """``import torch``, remembering its default thread count the first time."""
+    import torch
+
+    if not _TORCH_THREADS:
+        _TORCH_THREADS.append(torch.get_num_threads())
+    return torch
+
+
 @pytest.fixture(autouse=True)
-def _restore_torch_threads():
+def _restore_torch_threads() -> None:
     """ultralytics sets torch to ``os.cpu_count() - 1`` threads whenever it predicts (1 on two cores);
-    every test starts with torch's own default again, so later PyTorch references use every core."""
-    if torch.get_num_threads() != TORCH_THREADS:
-        torch.set_num_threads(TORCH_THREADS)
-    yield
+    every test starts with torch's own default again, so later PyTorch references use every core. The
+    fast tier never imports torch, so this looks only at an already imported one."""
+    torch = sys.modules.get("torch")
+    if torch is None or not _TORCH_THREADS:
+        return
+    if torch.get_num_threads() != _TORCH_THREADS[0]:
+        torch.set_num_threads(_TORCH_THREADS[0])
+
+
+@pytest.fixture
+def reference_torch():  # noqa: ANN201
+    """torch itself, for a test that computes a PyTorch reference (marks it slow)."""
+    return import_torch()
 
 
 def _code_hash() -> str:
+    """What the cached checkpoints and exports depend on: the export toolchain's code, the model specs
+    and the manifest format (the runtime's own processing only feeds the export's self-check)."""
+    import json
+
+    from fastseg.manifest import FORMAT_VERSION
+    from fastseg.registry import REGISTRY
+
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.joinpath("export").glob("*.py"), *ROOT.joinpath("src", "fastseg").glob("*.py")]):
+    for path in sorted(ROOT.joinpath("export").glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
+    specs = {name: spec.to_dict() for name, spec in sorted(REGISTRY.items())}
+    digest.update(json.dumps([FORMAT_VERSION, specs], sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
@@ -85,6 +130,8 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def random_checkpoint(artifact_dir: Path) -> Callable[[str], Path]:
     """Factory: ``random_checkpoint("mobile_sam")`` -> path of a seeded random-weight checkpoint."""
     from fastseg.registry import get_spec
+
+    import_torch()
     from fastseg_export.random_weights import write_random_checkpoint
 
     def make(name: str) -> Path:
@@ -213,3 +260,19 @@ class FastsegCache:
 @pytest.fixture(scope="session")
 def fastseg_cache(exported_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> FastsegCache:
     return FastsegCache(exported_model, tmp_path_factory.mktemp("ov_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SAM-family model folder registered as ``mobile_sam`` (:mod:`tiny_models`; no torch)."""
+    from tiny_models import build_tiny_sam
+
+    return build_tiny_sam(tmp_path_factory.mktemp("tiny") / "mobile_sam")
+
+
+@pytest.fixture(scope="session")
+def tiny_fastsam_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FastSAM model folder registered as ``fastsam_s`` (:mod:`tiny_models`; no torch)."""
+    from tiny_models import build_tiny_fastsam
+
+    return build_tiny_fastsam(tmp_path_factory.mktemp("tiny") / "fastsam_s")

@@ -340,6 +340,7 @@ def test_timed_session_records_each_run() -> None:
     class Inner:
         input_names = ("image",)
         output_names = ("out",)
+        backend = "onnxruntime"
         precision = "f32"
 
         def run(self, feeds: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 
 from fastseg.registry import REGISTRY
 from fastseg_export import download as dl
-from fastseg_export.common import CheckpointError
+from fastseg_export.errors import CheckpointError
 
 
 def _sha256(data: bytes) -> str:
@@ -302,11 +302,11 @@ def test_cache_dir_defaults(monkeypatch, tmp_path, server):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert dl.default_cache_dir() == tmp_path / "home" / ".cache" / "fastseg" / "checkpoints"
     monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path / "envcache"))
-    assert dl.default_cache_dir() == tmp_path / "envcache"
+    assert dl.default_cache_dir() == tmp_path / "envcache" / "checkpoints"  # one cache root for every kind
 
     url = server.put("mobile_sam.pt", GOOD)
     path = dl.download_checkpoint("mobile_sam", url=url, expected_sha256=_sha256(GOOD), progress=False)
-    assert path == tmp_path / "envcache" / "mobile_sam.pt"
+    assert path == tmp_path / "envcache" / "checkpoints" / "mobile_sam.pt"
 
 
 # --- names and registry ---------------------------------------------------------------------------

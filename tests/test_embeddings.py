@@ -138,6 +138,48 @@ def test_a_truncated_file_is_really_truncated(tmp_path) -> None:
         np.load(path, allow_pickle=False)
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("family", ["sam", "fastsam"])
+def test_tiny_model_embedding_round_trip(tmp_path, tiny_sam_folder, tiny_fastsam_folder, photos, family, backend):
+    """Encode, save, load into a new Predictor (of the other backend): the same masks; the loaded
+    embedding equals the one saved, array for array."""
+    folder = tiny_sam_folder if family == "sam" else tiny_fastsam_folder
+    first = fastseg.Predictor(folder, backend=backend, cache_dir=False)
+    first.set_image(photos["coffee"])
+    # SAM: discs around the foreground point; FastSAM: (176, 170) is detections a and d's centre
+    # (input (300, 300), tests/tiny_models.py).
+    prompts = {"points": [[300, 200], [176, 170]], "labels": [0, 1]}
+    expected = first.predict(**prompts)
+    assert len(expected) == (3 if family == "sam" else 2)
+    embedding = first.get_image_embedding()
+    path = fastseg.save_embedding(tmp_path / "coffee", embedding)
+    loaded = fastseg.load_embedding(path)
+    assert type(loaded) is type(embedding) and loaded.model == embedding.model
+    assert loaded.original_size == (400, 600) and loaded.input_size == embedding.input_size
+    for name in ("embedding",) if family == "sam" else ("detections", "protos"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(embedding, name))
+    second = fastseg.Predictor(folder, backend="onnxruntime" if backend == "openvino" else "openvino", cache_dir=False)
+    assert second.image_size is None
+    second.set_image_embedding(loaded)
+    assert second.image_size == (400, 600)
+    got = second.predict(**prompts)
+    np.testing.assert_array_equal(got.masks, expected.masks)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6)
+
+
+def test_tiny_embedding_of_another_family_is_refused(tmp_path, tiny_sam_folder, tiny_fastsam_folder, photos) -> None:
+    sam = fastseg.Predictor(tiny_sam_folder, backend="onnxruntime")
+    fastsam = fastseg.Predictor(tiny_fastsam_folder, backend="onnxruntime")
+    sam.set_image(photos["chelsea"])
+    fastsam.set_image(photos["chelsea"])
+    sam_file = fastseg.save_embedding(tmp_path / "sam", sam.get_image_embedding())
+    fastsam_file = fastseg.save_embedding(tmp_path / "fastsam", fastsam.get_image_embedding())
+    with pytest.raises(ValueError, match="expected a FastSamImageEmbedding, got ImageEmbedding"):
+        fastsam.set_image_embedding(fastseg.load_embedding(sam_file))
+    with pytest.raises(ValueError, match="expected a fastseg.sam.ImageEmbedding, got FastSamImageEmbedding"):
+        sam.set_image_embedding(fastseg.load_embedding(fastsam_file))
+
+
 @pytest.mark.parametrize("name", ["mobile_sam", "fastsam_s"])
 def test_a_saved_embedding_gives_the_same_masks_in_a_new_predictor(tmp_path, name, fastseg_cache, photos) -> None:
     """Encode once, save, load into another Predictor of the same folder: the same masks and scores."""

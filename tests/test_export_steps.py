@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fastseg_export.export import gather_external_data
+
+@pytest.fixture(scope="module")
+def reference_gather():  # noqa: ANN201
+    """``fastseg_export.export.gather_external_data`` (the export module imports torch: slow tier)."""
+    from fastseg_export.export import gather_external_data
+
+    return gather_external_data
 
 
 def _matmul_chain(rng: np.random.Generator, n: int) -> onnx.ModelProto:
@@ -29,7 +36,7 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_weights_in_many_files_are_gathered_into_one(tmp_path: Path) -> None:
+def test_weights_in_many_files_are_gathered_into_one(tmp_path: Path, reference_gather) -> None:
     """As the exporter leaves a >2 GB graph: one file per weight. Afterwards: the graph and one data file."""
     rng = np.random.default_rng(0)
     path = tmp_path / "encoder.onnx"
@@ -39,19 +46,19 @@ def test_weights_in_many_files_are_gathered_into_one(tmp_path: Path) -> None:
     x = rng.standard_normal((1, 32)).astype(np.float32)
     expected = _run(path, x)
 
-    removed = gather_external_data(path)
+    removed = reference_gather(path)
 
     assert sorted(removed) == [f"w{i}" for i in range(5)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
     onnx.checker.check_model(str(path))
     np.testing.assert_array_equal(_run(path, x), expected)
-    assert gather_external_data(path) == []  # already one file: left alone
+    assert reference_gather(path) == []  # already one file: left alone
 
 
-def test_inline_weights_are_left_alone(tmp_path: Path) -> None:
+def test_inline_weights_are_left_alone(tmp_path: Path, reference_gather) -> None:
     path = tmp_path / "decoder.onnx"
     onnx.save_model(_matmul_chain(np.random.default_rng(1), 2), str(path))
     before = path.read_bytes()
-    assert gather_external_data(path) == []
+    assert reference_gather(path) == []
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]

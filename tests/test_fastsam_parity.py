@@ -37,9 +37,10 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from fastseg import fastsam as fs
+from fastseg import ops
+from fastseg.prompts import validate_prompts
 from fastseg.registry import get_spec
 
 pytestmark = pytest.mark.slow
@@ -206,7 +207,7 @@ def test_fastsam_matches_ultralytics(model, references, model_photos, confs, bac
         assert len(result) >= MIN_DETECTIONS, (
             f"{name}/{photo}: only {len(result)} detections; the test would be vacuous"
         )
-        everything = predictor._engine.everything()
+        everything = predictor.everything().result()
         all_ious += _match(
             everything,
             result.masks.data.numpy().astype(bool),
@@ -273,9 +274,9 @@ def test_bf16_agreement_is_reported(model, model_photos, confs):
         bf16 = Predictor(folder, precision="bf16", conf=confs[photo], iou=IOU, cache_dir=False)
         f32.set_image(rgb)
         bf16.set_image(rgb)
-        a, b = f32._engine.everything(), bf16._engine.everything()
+        a, b = f32.everything().result(), bf16.everything().result()
         # each f32 mask against the best bf16 mask among detections whose box overlaps it (IoU > 0.5)
-        box_overlap = fs.box_iou(a.boxes, b.boxes) if len(a) and len(b) else np.zeros((len(a), len(b)))
+        box_overlap = ops.box_iou(a.boxes, b.boxes) if len(a) and len(b) else np.zeros((len(a), len(b)))
         ious = []
         for k, mask in enumerate(a.masks):
             close = np.flatnonzero(box_overlap[k] > 0.5)
@@ -297,7 +298,7 @@ def test_bf16_agreement_is_reported(model, model_photos, confs):
 
 @pytest.mark.parametrize("model", ["fastsam_s"], indirect=True)
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
+def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend, reference_torch):
     """The network graph at input shapes it was not traced at. Both models come from one export
     recipe; FastSAM-x's graph runs at the photos' own letterbox shapes (1024x1024, 704x1024) in the
     parity tests above, on both backends."""
@@ -305,6 +306,7 @@ def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
     from fastseg.manifest import load_model_folder
     from fastseg_export.fastsam import FastSamNetwork, load_model
 
+    torch = reference_torch
     name, checkpoint, folder = model
     network = FastSamNetwork(load_model(get_spec(name), checkpoint))
     session = open_session(load_model_folder(folder), "network", backend, "f32", cache_dir=False)
@@ -326,11 +328,12 @@ def test_dynamic_graph_matches_pytorch_at_several_shapes(model, backend):
             assert rel < 1e-3, f"{name}/{backend} {key} at {h}x{w}: max relative error {rel:.2e}"
 
 
-def test_random_checkpoint_is_ultralytics_format_and_loads(model):
+def test_random_checkpoint_is_ultralytics_format_and_loads(model, reference_torch):
     from ultralytics import FastSAM
 
     from fastseg_export.fastsam import load_model
 
+    torch = reference_torch
     name, checkpoint, _ = model
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert {"model", "ema", "optimizer", "train_args", "epoch", "date", "version"} <= set(ckpt)
@@ -348,7 +351,7 @@ def test_random_checkpoint_is_ultralytics_format_and_loads(model):
         load_model(get_spec(other), checkpoint)
 
 
-def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path, random_checkpoint):
+def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path, random_checkpoint, reference_torch):
     import argparse
 
     from ultralytics.nn.modules.head import Detect
@@ -357,6 +360,7 @@ def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path
     from fastseg_export.common import CheckpointError
     from fastseg_export.fastsam import load_model
 
+    torch = reference_torch
     spec = get_spec("fastsam_s")
     ckpt = torch.load(random_checkpoint("fastsam_s"), map_location="cpu", weights_only=False)
     # an extra object of a class outside the allow-list: refused before anything is built
@@ -384,11 +388,12 @@ def test_checkpoint_allow_list_refuses_other_globals_and_accepts_legacy(tmp_path
         load_model(spec, tmp_path / "conv.pt")
 
 
-def test_random_checkpoint_is_deterministic(tmp_path, random_checkpoint, monkeypatch):
+def test_random_checkpoint_is_deterministic(tmp_path, random_checkpoint, monkeypatch, reference_torch):
     """Same seed, same bytes (against the session's seed-0 file, written earlier at torch's default
     thread count, as this test runs: see ``write_random_checkpoint``); another seed differs."""
     from fastseg_export import fastsam as recipe
 
+    torch = reference_torch
     spec = get_spec("fastsam_s")
     recipe.write_random_checkpoint(spec, tmp_path / "again.pt", seed=0)
     session = random_checkpoint("fastsam_s")
@@ -405,7 +410,7 @@ def test_calibrated_random_model_finds_objects_at_default_conf(model, photos, fa
     name, _, _ = model
     predictor = fastseg_cache.predictor(name, "openvino", "f32", conf=DEFAULT_CONF, iou=IOU)
     fastseg_cache.set_image(predictor, photos["coffee"])
-    found = len(predictor._engine.everything())
+    found = len(predictor.everything())
     assert MIN_DETECTIONS <= found <= fs.MAX_DET, f"{name}: {found} detections on coffee at conf 0.4"
 
 
@@ -432,17 +437,10 @@ def test_mask_assembly_time_is_reported(model, photos, fastseg_cache):
 
     clock("nms + state", lambda: engine.set_image_embedding(embedding))
     for label, prompt in _prompt_sets(h, w).items():
-        clock(
-            label,
-            lambda p=prompt: engine.predict(
-                np.asarray(p["points"], np.float32) if "points" in p else None,
-                np.asarray(p["labels"]) if "labels" in p else None,
-                np.asarray(p["bboxes"], np.float32) if "bboxes" in p else None,
-                None,
-                True,
-            ),
-        )
-    clock("everything", engine.everything)
+        prompts = validate_prompts((h, w), prompt.get("points"), prompt.get("labels"), prompt.get("bboxes"))
+        clock(label, lambda p=prompts: engine.predict(p, True))
+    params = fs.FastSamEverythingParams()
+    clock("everything", lambda: engine.everything(params))
     print(
         f"\n[post-processing] {name} astronaut {h}x{w}: "
         + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timings.items())

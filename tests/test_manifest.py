@@ -1,12 +1,18 @@
-"""A missing, half-written, corrupt or wrong-kind model folder is refused with a clear error."""
+"""A missing, half-written, corrupt or wrong-kind model folder is refused with a clear error.
+
+The fake folders here hold placeholder files; the tiny folders (tests/tiny_models.py) hold real
+graphs, so a folder that passes the manifest checks but whose graphs do not fit is exercised too.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+import fastseg
 from fastseg.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -16,6 +22,7 @@ from fastseg.manifest import (
     write_manifest,
 )
 from fastseg.registry import REGISTRY, get_spec
+from fastseg.sam import DECODER_IMAGE_OUTPUTS, DECODER_INPUTS, DECODER_OUTPUTS, POINT_DECODER_INPUTS
 
 
 def _folder(tmp_path: Path, name: str = "mobile_sam") -> Path:
@@ -98,3 +105,125 @@ def test_unknown_model_name_lists_valid_ones() -> None:
     expected = "unknown model 'sam_vit_x'; expected one of: fastsam_s, fastsam_x, mobile_sam"
     with pytest.raises(ValueError, match=expected):
         get_spec("sam_vit_x")
+
+
+def test_more_malformed_manifests(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for change, message in (
+        ({"graphs": None}, "lacks the 'graphs' entry"),
+        ({"family": "yolo"}, r"unknown family 'yolo', expected one of \['fastsam', 'sam'\]"),
+        ({"graphs": {"encoder": manifest["graphs"]["encoder"]}}, r"family 'sam' needs graphs \['decoder',"),
+        ({"spec": {**manifest["spec"], "pixel_mean": None}}, "malformed 'spec' entry"),
+        ({"spec": {**manifest["spec"], "colour": "blue"}}, "malformed 'spec' entry"),
+    ):
+        broken = {k: v for k, v in {**manifest, **change}.items() if v is not None}
+        (folder / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(ModelFolderError, match=message):
+            load_model_folder(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny folders: real graphs
+
+
+def _names(entries: list[dict]) -> tuple[str, ...]:
+    return tuple(e["name"] for e in entries)
+
+
+def test_tiny_folders_look_like_exports(tiny_sam_folder: Path, tiny_fastsam_folder: Path) -> None:
+    sam = load_model_folder(tiny_sam_folder, family="sam")
+    assert sam.spec == REGISTRY["mobile_sam"] and sam.name == "mobile_sam"
+    graphs = sam.manifest["graphs"]
+    assert set(graphs) == set(GRAPHS_BY_FAMILY["sam"])
+    assert _names(graphs["decoder"]["inputs"]) == DECODER_INPUTS
+    assert _names(graphs["decoder"]["outputs"]) == _names(graphs["decoder_points"]["outputs"]) == DECODER_OUTPUTS
+    assert _names(graphs["decoder_image"]["outputs"]) == DECODER_IMAGE_OUTPUTS
+    assert _names(graphs["decoder_points"]["inputs"]) == POINT_DECODER_INPUTS
+    assert graphs["decoder"]["inputs"][1] == {"name": "point_coords", "shape": [None, None, 2], "dtype": "float32"}
+    for graph in graphs:
+        for backend in ("openvino", "onnxruntime"):
+            assert sam.graph_file(graph, backend).is_file()
+    fastsam = load_model_folder(tiny_fastsam_folder, family="fastsam")
+    assert fastsam.spec == REGISTRY["fastsam_s"]
+    network = fastsam.manifest["graphs"]["network"]
+    assert network["inputs"] == [{"name": "images", "shape": [1, 3, None, None], "dtype": "float32"}]
+    assert _names(network["outputs"]) == ("detections", "protos")
+
+
+def test_tiny_folders_match_real_exports(tiny_sam_folder: Path, tiny_fastsam_folder: Path, exported_model) -> None:
+    """Every graph of a tiny folder has the input and output names of the real export, in its order,
+    the same static dimensions (the tiny FastSAM fixes its anchor count) and the 'extra' entries."""
+    for name, tiny in (("mobile_sam", tiny_sam_folder), ("fastsam_s", tiny_fastsam_folder)):
+        real = load_model_folder(exported_model(name)).manifest
+        mine = load_model_folder(tiny).manifest
+        assert set(mine["graphs"]) == set(real["graphs"])
+        if name == "mobile_sam":
+            assert mine["extra"] == real["extra"]
+        else:  # what the runtime reads
+            assert mine["extra"]["num_mask_coefficients"] == real["extra"]["num_mask_coefficients"]
+        for graph, entry in real["graphs"].items():
+            for side in ("inputs", "outputs"):
+                assert _names(mine["graphs"][graph][side]) == _names(entry[side]), (name, graph, side)
+                for a, b in zip(mine["graphs"][graph][side], entry[side]):
+                    assert len(a["shape"]) == len(b["shape"]) and a["dtype"] == b["dtype"]
+                    assert all(x == y for x, y in zip(a["shape"], b["shape"]) if y is not None), (a, b)
+
+
+def _edited_copy(folder: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest, copy)
+    write_manifest(copy, manifest)
+    return copy
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_graphs_that_do_not_fit_are_refused(tiny_sam_folder: Path, tmp_path: Path, backend: str) -> None:
+    def swap(manifest: dict, copy: Path) -> None:  # the decoder entry points at decoder_image's files
+        manifest["graphs"]["decoder"] = manifest["graphs"]["decoder_image"]
+
+    folder = _edited_copy(tiny_sam_folder, tmp_path, swap)
+    with pytest.raises(ValueError, match=r"decoder inputs must include \['image_embeddings', 'point_coords'.*missing"):
+        fastseg.Predictor(folder, backend=backend, cache_dir=False)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_corrupt_graph_files_are_refused(tiny_sam_folder: Path, tmp_path: Path, backend: str) -> None:
+    """A file of the recorded size but garbage inside: the backend's error, naming the file."""
+
+    def garble(manifest: dict, copy: Path) -> None:
+        for name in ("decoder_points.onnx", "decoder_points.xml"):
+            path = copy / name
+            path.write_bytes(b"\x07" * path.stat().st_size)
+
+    folder = _edited_copy(tiny_sam_folder, tmp_path, garble)
+    load_model_folder(folder)  # sizes match: the manifest cannot tell
+    engine = "OpenVINO" if backend == "openvino" else "ONNX Runtime"
+    with pytest.raises(ModelFolderError, match=f"{engine} could not load .*decoder_points"):
+        fastseg.Predictor(folder, backend=backend, cache_dir=False)
+
+
+@pytest.mark.parametrize(
+    ("family", "key", "message"),
+    [
+        ("sam", "low_res_size", "needs low_res_size, num_mask_outputs and embedding_shape for a SAM model"),
+        ("sam", "embedding_shape", "needs low_res_size, num_mask_outputs and embedding_shape"),
+        ("fastsam", "num_mask_coefficients", "needs num_mask_coefficients for a FastSAM model"),
+    ],
+)
+def test_missing_extra_entries_are_refused(tiny_sam_folder, tiny_fastsam_folder, tmp_path, family, key, message):
+    source = tiny_sam_folder if family == "sam" else tiny_fastsam_folder
+    folder = _edited_copy(source, tmp_path, lambda manifest, copy: manifest["extra"].pop(key))
+    with pytest.raises(ModelFolderError, match=message):
+        fastseg.Predictor(folder, backend="onnxruntime")
+
+
+def test_a_spec_of_the_other_family_is_refused(tiny_fastsam_folder: Path, tmp_path: Path) -> None:
+    def relabel(manifest: dict, copy: Path) -> None:
+        manifest["spec"] = get_spec("mobile_sam").to_dict()
+
+    folder = _edited_copy(tiny_fastsam_folder, tmp_path, relabel)
+    with pytest.raises(ModelFolderError, match="FastSamEngine needs a fastsam model folder with letterbox resizing"):
+        fastseg.Predictor(folder, backend="onnxruntime")

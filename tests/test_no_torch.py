@@ -1,4 +1,8 @@
-"""The runtime never imports torch, torchvision, cv2 or ultralytics, and works without them."""
+"""The runtime never imports torch, torchvision, cv2, ultralytics or the export toolchain, and works without them.
+
+Each check runs in a fresh interpreter whose import system refuses the forbidden packages, so an
+import anywhere in the runtime (even one caught by a ``try``) shows up.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-FORBIDDEN = ("torch", "torchvision", "cv2", "ultralytics", "segment_anything", "mobile_sam", "timm")
+FORBIDDEN = (
+    "torch", "torchvision", "cv2", "ultralytics", "segment_anything", "mobile_sam", "timm",
+    "onnx", "skimage", "scipy", "matplotlib", "fastseg_export", "fastseg_bench",
+)  # fmt: skip
+
 
 def _run(code: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -23,12 +32,17 @@ def _blocker() -> str:
         f"""
         import json, sys, importlib.abc
         FORBIDDEN = {FORBIDDEN!r}
+        ATTEMPTS = []
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in FORBIDDEN:
+                    ATTEMPTS.append(name)
                     raise ImportError("forbidden import in the runtime: " + name)
                 return None
         sys.meta_path.insert(0, Block())
+        def report(**values):
+            loaded = sorted(m for m in sys.modules if m.split('.')[0] in FORBIDDEN)
+            print(json.dumps({{"loaded": loaded, "attempts": ATTEMPTS, **values}}))
         """
     )
 
@@ -39,41 +53,78 @@ def test_import_fastseg_is_light() -> None:
         + textwrap.dedent(
             """
             import fastseg
-            from fastseg import Predictor, segment
-            print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split('.')[0] in FORBIDDEN)}))
+            from fastseg import Predictor, segment, save_embedding, load_embedding
+            import fastseg.cli, fastseg.amg, fastseg.records, fastseg.rle, fastseg.draw
+            report(backends=sorted(m for m in sys.modules if m.split('.')[0] in ("openvino", "onnxruntime")))
             """
         )
     )
-    assert out["loaded"] == []
+    assert out["loaded"] == [] and out["attempts"] == []
+    assert out["backends"] == []  # `import fastseg` does not even load a backend
 
 
-@pytest.mark.parametrize("name", ["mobile_sam", "fastsam_s"])
-def test_full_predict_without_torch(name: str, exported_model, photos, tmp_path: Path) -> None:
-    import numpy as np
-
-    image_path = tmp_path / "photo.npy"
-    np.save(image_path, photos["chelsea"])
-    folder = exported_model(name)
-    conf = 0.05 if name.startswith("fastsam") else 0.4  # random weights: low confidence detections
-    out = _run(
+def _predict_everything(folders: dict[str, Path], image_path: Path, tmp_path: Path) -> dict:
+    """In a fresh interpreter: every path of the runtime on ``folders`` ({name: folder}), both backends."""
+    return _run(
         _blocker()
         + textwrap.dedent(
             f"""
             import numpy as np
             import fastseg
             image = np.load({str(image_path)!r})
-            predictor = fastseg.Predictor({str(folder)!r}, conf={conf})
-            predictor.set_image(image)
-            result = predictor.predict(points=[[225, 150]], labels=[1])
-            saved = fastseg.save_embedding({str(tmp_path / "emb.npz")!r}, predictor.get_image_embedding())
-            predictor.set_image_embedding(fastseg.load_embedding(saved))
-            one = fastseg.segment(image, model={str(folder)!r}, boxes=[50, 50, 300, 250], conf={conf})
-            print(json.dumps({{
-                "masks": list(result.masks.shape), "one": list(one.masks.shape),
-                "loaded": sorted(m for m in sys.modules if m.split('.')[0] in FORBIDDEN),
-            }}))
+            shapes = {{}}
+            for name, folder in {json.dumps({k: str(v) for k, v in folders.items()})}.items():
+                sam = not name.startswith("fastsam")
+                options = {{}} if sam else {{"conf": 0.05}}  # random weights: low confidence detections
+                click = [[225, 150]] if sam else [[132, 127]]
+                for backend in ("openvino", "onnxruntime"):
+                    predictor = fastseg.Predictor(folder, backend=backend, cache_dir=False, **options)
+                    predictor.set_image(image)
+                    result = predictor.predict(points=click, labels=[1])
+                    path = fastseg.save_embedding({str(tmp_path)!r} + "/" + name, predictor.get_image_embedding())
+                    predictor.set_image_embedding(fastseg.load_embedding(path))
+                    again = predictor.predict(points=click, labels=[1])
+                    assert np.array_equal(result.masks, again.masks)
+                    params = {{"points_per_side": 4}} if sam else {{}}
+                    records = predictor.everything(output_mode="coco_rle", **params)
+                    records.write_json({str(tmp_path)!r} + "/" + name + ".json")
+                    overlay = records.overlay(image)
+                    shapes[name + "/" + backend] = [list(result.masks.shape), len(records), list(overlay.shape)]
+                if sam:
+                    one = fastseg.segment(image, model=folder, boxes=[50, 50, 300, 250], backend="onnxruntime")
+                    shapes[name + "/segment"] = list(one.masks.shape)
+                else:
+                    whole = fastseg.segment(image, model=folder, everything=True, backend="onnxruntime", **options)
+                    shapes[name + "/segment"] = len(whole.records)
+            report(shapes=shapes)
             """
         )
     )
-    assert out["loaded"] == []
-    assert out["masks"][1:] == [300, 451] and out["one"][1:] == [300, 451]
+
+
+def test_full_predict_without_torch(tiny_sam_folder, tiny_fastsam_folder, photos, tmp_path: Path) -> None:
+    """Predict, embeddings on disk, everything mode, JSON and overlays, ``fastseg.segment``: on the tiny
+    folders, both backends, with every forbidden package refused."""
+    image_path = tmp_path / "photo.npy"
+    np.save(image_path, photos["chelsea"])
+    out = _predict_everything({"mobile_sam": tiny_sam_folder, "fastsam_s": tiny_fastsam_folder}, image_path, tmp_path)
+    assert out["loaded"] == [] and out["attempts"] == []
+    for backend in ("openvino", "onnxruntime"):
+        # Tiny graphs (tests/tiny_models.py): 3 discs; 16 grid discs; FastSAM detections a, c, d (conf
+        # 0.05 lets e in: 4), of which the click selects a and d.
+        assert out["shapes"][f"mobile_sam/{backend}"] == [[3, 300, 451], 16, [300, 451, 3]]
+        assert out["shapes"][f"fastsam_s/{backend}"] == [[2, 300, 451], 4, [300, 451, 3]]
+    assert out["shapes"]["mobile_sam/segment"] == [3, 300, 451]
+    assert out["shapes"]["fastsam_s/segment"] == 4
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "fastsam_s"])
+def test_full_predict_without_torch_on_a_real_export(name: str, exported_model, photos, tmp_path: Path) -> None:
+    """The same on a real (random-weight) export: the full-size graphs need nothing more."""
+    image_path = tmp_path / "photo.npy"
+    np.save(image_path, photos["chelsea"])
+    out = _predict_everything({name: exported_model(name)}, image_path, tmp_path)
+    assert out["loaded"] == [] and out["attempts"] == []
+    for backend in ("openvino", "onnxruntime"):
+        masks_shape = out["shapes"][f"{name}/{backend}"][0]
+        assert masks_shape[1:] == [300, 451]

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from fastseg import Predictor
 from fastseg.registry import get_spec
@@ -137,10 +136,13 @@ def test_mask_input_fed_back(cache: _Cache, name: str, backend: str, photo: str)
 
 @pytest.mark.parametrize("with_point", [False, True], ids=["boxes", "boxes + shared point"])
 @pytest.mark.parametrize(("name", "backend", "photo"), COMBOS)
-def test_several_boxes_in_one_batch(cache: _Cache, name: str, backend: str, photo: str, with_point: bool) -> None:
+def test_several_boxes_in_one_batch(
+    cache: _Cache, name: str, backend: str, photo: str, with_point: bool, reference_torch
+) -> None:
     """Several boxes = one decoder batch, as ``SamPredictor.predict_torch`` with a batch of boxes."""
     from segment_anything.utils.amg import batched_mask_to_box
 
+    torch = reference_torch
     ref = cache.reference(name, photo)
     predictor = cache.predictor(name, backend, photo)
     h, w = cache.photos[photo].shape[:2]
@@ -250,11 +252,12 @@ def _prompt_kwargs(case: str, h: int, w: int) -> dict[str, Any]:
 # Export side, without an export
 
 
-def test_decoder_graph_module_matches_the_original_decoder(random_checkpoint) -> None:
+def test_decoder_graph_module_matches_the_original_decoder(random_checkpoint, reference_torch) -> None:
     """``SamDecoder`` and, without a mask input, ``SamDecoderImage`` -> ``SamPointDecoder`` (what is
     exported) == prompt encoder + mask decoder of the original, batched."""
     from fastseg_export.sam import SamDecoder, SamDecoderImage, SamPointDecoder, load_model
 
+    torch = reference_torch
     spec = get_spec("mobile_sam")
     model = load_model(spec, random_checkpoint("mobile_sam"))
     decoder = SamDecoder(model).eval()
@@ -287,9 +290,12 @@ def test_decoder_graph_module_matches_the_original_decoder(random_checkpoint) ->
                 torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-5)
 
 
-def test_random_checkpoint_is_deterministic_and_official_format(tmp_path: Path, random_checkpoint) -> None:
+def test_random_checkpoint_is_deterministic_and_official_format(
+    tmp_path: Path, random_checkpoint, reference_torch
+) -> None:
     from fastseg_export.sam import write_random_checkpoint
 
+    torch = reference_torch
     spec = get_spec("mobile_sam")
     a, b, c = tmp_path / "a" / "mobile_sam.pt", tmp_path / "b" / "mobile_sam.pt", tmp_path / "c.pt"
     write_random_checkpoint(spec, a, seed=0)
@@ -306,10 +312,11 @@ def test_random_checkpoint_is_deterministic_and_official_format(tmp_path: Path, 
     assert set(state) == set(sam_model_registry["vit_t"](checkpoint=str(a)).state_dict())
 
 
-def test_checkpoint_with_a_wrong_shape_is_refused(tmp_path: Path, random_checkpoint) -> None:
+def test_checkpoint_with_a_wrong_shape_is_refused(tmp_path: Path, random_checkpoint, reference_torch) -> None:
     from fastseg_export.common import CheckpointError
     from fastseg_export.sam import load_model
 
+    torch = reference_torch
     state = torch.load(random_checkpoint("mobile_sam"), map_location="cpu", weights_only=True)
     state["mask_decoder.iou_token.weight"] = torch.zeros(1, 128)
     bad = tmp_path / "mobile_sam.pt"
