@@ -51,13 +51,11 @@ def _glibc() -> ctypes.CDLL | None:
 # FASTSEG_TEST_MALLOC=0 keeps glibc's defaults (to compare time and memory).
 _LIBC = _glibc() if os.environ.get("FASTSEG_TEST_MALLOC", "1") == "1" else None
 if _LIBC is not None:
-    # The PyTorch references allocate temporaries of hundreds of MB per layer (SAM ViT-B's global
-    # attention: ~800 MB). By default glibc serves each from a fresh mmap and unmaps it when freed, so
-    # every forward pass page-faults through gigabytes: on a 2-core AVX2 host a third of the suite's
-    # CPU time was kernel time, and the suite took 15.4 min instead of 13.2. Blocks up to 2 GiB now come
-    # from the heap and are reused within a test (a test's peak grows: 7.1 -> 12.0 GB for the ViT-B
-    # export + everything test); free memory is handed back after each test (below). Test speed only:
-    # `fastseg bench` runs every library with the allocator's defaults.
+    # The PyTorch references allocate temporaries of hundreds of MB per layer. By default glibc serves
+    # each from a fresh mmap and unmaps it when freed, so every forward pass page-faults through
+    # gigabytes. Blocks up to 2 GiB now come from the heap and are reused within a test; free memory is
+    # handed back after each test (below). Figures in docs/PERFORMANCE.md. Test speed only: `fastseg
+    # bench` runs every library with the allocator's defaults.
     _LIBC.mallopt(-3, ctypes.c_int(2**31 - 1))  # M_MMAP_THRESHOLD
     _LIBC.mallopt(-1, ctypes.c_int(2**31 - 1))  # M_TRIM_THRESHOLD
 
