@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -86,21 +87,72 @@ def _check_torch_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CheckpointError(f"checkpoint is corrupt or truncated: {path} ({exc})") from exc
+        raise CheckpointError(f"checkpoint is corrupt or truncated: {path} ({clean_text(str(exc))})") from exc
     if bad is not None:
         raise CheckpointError(f"checkpoint is corrupt: member {bad!r} of {path} fails its CRC check")
 
 
+#: ANSI escape sequences (CSI such as colours and bold, OSC such as titles and links, and two-byte ones).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+#: Sentences of torch's weights-only refusals that advise loading the file anyway: never passed on.
+_UNSAFE_ADVICE = re.compile(
+    r"weights only load failed|weights_only|can still be loaded|trust|file an issue|check the documentation"
+    r"|add_safe_globals|safe_globals\(|arbitrary code|will likely succeed",
+    re.IGNORECASE,
+)
+_NO_CODE = "fastseg loads checkpoints with torch.load(weights_only=True) and never runs code from a checkpoint"
+
+
+def clean_text(text: str) -> str:
+    """``text`` from a library's exception or a checkpoint's contents, fit for a one-line message:
+    ANSI escape sequences removed, other control characters shown as escapes, whitespace collapsed."""
+    text = _ANSI.sub("", str(text))
+    text = "".join(c if c.isprintable() or c in "\t\n" else repr(c)[1:-1] for c in text)
+    return " ".join(text.split())
+
+
+def _library_detail(exc: BaseException) -> str:
+    """What went wrong, from ``exc``'s message, without torch's advice to load the file unsafely."""
+    text = re.sub(r"WeightsUnpickler error:[ \t]*", "\n", _ANSI.sub("", str(exc)))
+    parts = re.split(r"\n|(?<=\.)\s+(?=\S)|(?<=:)\s+(?=[A-Z])", text)
+    kept = [clean_text(p) for p in parts if p.strip() and not _UNSAFE_ADVICE.search(p)]
+    return " ".join(k for k in kept if k) or type(exc).__name__
+
+
+def _unsafe_globals(path: Path) -> list[str] | None:
+    """The Python globals ``path``'s pickle references beyond torch's own, or ``None`` if it cannot be read."""
+    try:
+        return [clean_text(g) for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))]
+    except Exception:  # noqa: BLE001 - damaged or unusual archive: the caller reports the load error instead
+        return None
+
+
+def _shown(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state-dict checkpoint with ``torch.load(weights_only=True)``: no code is unpickled."""
+    """Load a state-dict checkpoint with ``torch.load(weights_only=True)``: no code is unpickled.
+
+    Raises:
+        CheckpointError: the file is not a readable torch archive, or it holds anything but a dict of
+            tensors; a refusal names what the file references and never suggests loading it unsafely.
+    """
     _check_torch_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something in the file
+        names = _unsafe_globals(path)
+        what = (
+            f"it references {_shown(names)}, which"
+            if names
+            else f"it uses pickle instructions the weights-only loader does not accept ({_library_detail(exc)}), so it"
+        )
         raise CheckpointError(
-            f"{path} could not be loaded as a state dict with weights_only=True: {first}"
+            f"refused to unpickle {path}: {what} is not part of a plain tensor state dict; {_NO_CODE}"
         ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} could not be read as a PyTorch state dict: {_library_detail(exc)}") from exc
     if isinstance(obj, dict) and "model" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds a training checkpoint (keys {sorted(obj)[:6]}), not a state dict")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -121,22 +173,22 @@ def load_allowlisted(path: Path, allowed: Iterable[Any]) -> Any:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:  # torch raises several types for damaged or unusual archives
         raise CheckpointError(
-            f"{path} cannot be inspected safely ({exc}): the file is damaged, or uses pickle features the "
-            "weights-only loader refuses; refusing to unpickle it"
+            f"{path} cannot be inspected safely ({_library_detail(exc)}): the file is damaged, or uses pickle "
+            f"features the weights-only loader refuses; refusing to unpickle it ({_NO_CODE})"
         ) from exc
     refused = sorted(set(needed) - set(allow))
     if refused:
-        shown = ", ".join(refused[:8]) + (" ..." if len(refused) > 8 else "")
         raise CheckpointError(
             f"{path} references Python globals outside the allow-list for this format, refusing to "
-            f"unpickle it: {shown}"
+            f"unpickle it: {_shown([clean_text(name) for name in refused])} ({_NO_CODE})"
         )
     try:
         with torch.serialization.safe_globals([allow[name] for name in needed]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} could not be loaded: {first}") from exc
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refused to unpickle {path}: {_library_detail(exc)} ({_NO_CODE})") from exc
+    except (RuntimeError, EOFError, OSError, AttributeError) as exc:
+        raise CheckpointError(f"{path} could not be loaded: {_library_detail(exc)}") from exc
 
 
 def check_state_dict_matches(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:

@@ -1,14 +1,15 @@
 """``fastseg export``: official checkpoint -> ONNX + OpenVINO IR model folder, checked against PyTorch.
 
 Steps, all inside a temporary folder next to the destination, renamed into place only when every
-step passed (a failed or interrupted export leaves nothing behind at ``out``):
+step passed (a failed or interrupted export leaves nothing behind at ``out``; how it lands, the lock
+that keeps two exports to one folder apart, and SIGTERM: :mod:`fastseg_export.placement`):
 
 1. load the checkpoint safely and build the official PyTorch model (family module ``load_model``);
 2. export each graph to ONNX (legacy TorchScript exporter, fixed opset) and run ``onnx.checker``;
 3. convert each ONNX graph to OpenVINO IR (f32 weights, or f16-compressed weights on request);
 4. self-check: run PyTorch, ONNX Runtime and OpenVINO (inference precision pinned to f32) on a real
    photo, print the max absolute and relative error of every output, and fail beyond tolerance;
-5. write ``manifest.json`` (spec, graphs, sizes, checkpoint sha256, self-check figures).
+5. write ``manifest.json`` (spec, graphs, sizes and sha256s, checkpoint sha256, self-check figures).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +31,14 @@ from fastseg.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from fastseg.registry import ModelSpec, get_spec
 from fastseg_export.common import Graph, sha256_file
 from fastseg_export.errors import CheckpointError, ExportError
+from fastseg_export.placement import (
+    check_destination,
+    destination_lock,
+    interruptions,
+    partial_path,
+    place,
+    remove_stale,
+)
 from fastseg_export.random_weights import family_module, random_weights_label
 
 #: Relative max error allowed between PyTorch and a backend: max|out - ref| / max|ref|.
@@ -54,10 +64,7 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 def _prepare_destination(out: Path, overwrite: bool) -> Path:
     out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise ExportError(f"output folder already exists: {out} (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output path exists and is not a folder: {out}")
+    check_destination(out, overwrite)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +209,62 @@ def self_check(
     return report
 
 
+def _export_into(
+    tmp: Path,
+    spec: ModelSpec,
+    family: Any,
+    checkpoint: Path,
+    ir_precision: str,
+    weights_label: str | None,
+    check_image: np.ndarray | None,
+    log: Callable[[str], None],
+) -> str:
+    """Steps 1-5 into the empty folder ``tmp``; returns how the weights are described in the manifest."""
+    log(f"[1/5] loading {spec.name} from {checkpoint}")
+    model = family.load_model(spec, checkpoint)
+    checksum = sha256_file(checkpoint)
+    label = weights_label or random_weights_label(checkpoint) or "official checkpoint"
+    graphs = family.graphs(model, spec)
+    image = default_check_image() if check_image is None else check_image
+    known: dict[str, dict[str, np.ndarray]] = {}  # PyTorch outputs check_inputs computed on the way
+    inputs = family.check_inputs(model, spec, image, known_outputs=known)
+    refs = {g.name: known[g.name] if g.name in known else reference_outputs(g, inputs[g.name]) for g in graphs}
+    entries: dict[str, Any] = {}
+    for graph in graphs:
+        log(f"[2/5] ONNX export of {graph.name} (opset {graph.opset})")
+        _export_onnx(graph, tmp / f"{graph.name}.onnx")
+        log(f"[3/5] OpenVINO IR of {graph.name} ({ir_precision} weights)")
+        _convert_openvino(tmp / f"{graph.name}.onnx", tmp / f"{graph.name}.xml", ir_precision)
+        entries[graph.name] = {"onnx": f"{graph.name}.onnx", "openvino": f"{graph.name}.xml",
+                               **_io_entries(tmp / f"{graph.name}.onnx")}
+    opset = graphs[0].opset
+    extra = family.manifest_extra(model, spec)
+    del model, graphs  # the PyTorch weights are not needed past this point (ViT-H: 2.5 GB)
+    gc.collect()
+    log("[4/5] self-check against PyTorch on a real photo (OpenVINO pinned to f32)")
+    report = self_check(tmp, inputs, refs, ir_precision, log)
+    log("[5/5] writing manifest")
+    write_manifest(
+        tmp,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fastseg_version": __version__,
+            "model": spec.name,
+            "family": spec.family,
+            "spec": spec.to_dict(),
+            "weights": label,
+            "checkpoint": {"file": checkpoint.name, "sha256": checksum},
+            "opset": opset,
+            "ir_precision": ir_precision,
+            "graphs": entries,
+            "self_check": report,
+            "extra": extra,
+        },
+    )
+    return label
+
+
 def export_model(
     name: str,
     checkpoint: str | Path,
@@ -221,7 +284,10 @@ def export_model(
         checkpoint: the official checkpoint file.
         ir_precision: ``"f32"`` or ``"f16"`` (f16-compressed OpenVINO weights; computation precision is
             chosen at run time).
-        overwrite: replace an existing ``out`` (atomically).
+        overwrite: replace an existing ``out``, if it is a model folder fastseg wrote (``manifest.json``
+            with ``"format": "fastseg-model"``) or an empty folder; anything else is refused, untouched.
+            Without it, an ``out`` that exists, or appears while the export runs, is kept and the
+            export fails.
         weights_label: how the weights are described in the manifest; by default "official checkpoint",
             or "random weights (seed N)" for a checkpoint made by ``write_random_checkpoint``.
         check_image: the RGB uint8 photo for the self-check (default: scikit-image ``chelsea``).
@@ -229,7 +295,11 @@ def export_model(
     Raises:
         ValueError: unknown model name or option.
         CheckpointError: the checkpoint is missing, unreadable or of another model.
-        ExportError: the destination is unusable, or conversion or the self-check failed.
+        ExportError: the destination is unusable or taken (another export to ``out`` is running, or
+            something appeared there), or conversion or the self-check failed.
+        fastseg_export.placement.Terminated: SIGTERM arrived (a ``SystemExit``, status 143; raised
+            only in the main thread and where SIGTERM had its default action). As on any failure, and
+            on ``KeyboardInterrupt``, the temporary folder is removed and ``out`` is left as it was.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     spec: ModelSpec = get_spec(name)
@@ -241,63 +311,30 @@ def export_model(
     out = _prepare_destination(Path(out), overwrite)
     family = family_module(spec.family)
     started = time.perf_counter()
-
-    log(f"[1/5] loading {spec.name} from {checkpoint}")
-    model = family.load_model(spec, checkpoint)
-    checksum = sha256_file(checkpoint)
-    label = weights_label or random_weights_label(checkpoint) or "official checkpoint"
-
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        graphs = family.graphs(model, spec)
-        image = default_check_image() if check_image is None else check_image
-        known: dict[str, dict[str, np.ndarray]] = {}  # PyTorch outputs check_inputs computed on the way
-        inputs = family.check_inputs(model, spec, image, known_outputs=known)
-        refs = {g.name: known[g.name] if g.name in known else reference_outputs(g, inputs[g.name]) for g in graphs}
-        entries: dict[str, Any] = {}
-        for graph in graphs:
-            log(f"[2/5] ONNX export of {graph.name} (opset {graph.opset})")
-            _export_onnx(graph, tmp / f"{graph.name}.onnx")
-            log(f"[3/5] OpenVINO IR of {graph.name} ({ir_precision} weights)")
-            _convert_openvino(tmp / f"{graph.name}.onnx", tmp / f"{graph.name}.xml", ir_precision)
-            entries[graph.name] = {"onnx": f"{graph.name}.onnx", "openvino": f"{graph.name}.xml",
-                                   **_io_entries(tmp / f"{graph.name}.onnx")}
-        opset = graphs[0].opset
-        extra = family.manifest_extra(model, spec)
-        del model, graphs  # the PyTorch weights are not needed past this point (ViT-H: 2.5 GB)
-        gc.collect()
-        log("[4/5] self-check against PyTorch on a real photo (OpenVINO pinned to f32)")
-        report = self_check(tmp, inputs, refs, ir_precision, log)
-        log("[5/5] writing manifest")
-        write_manifest(
-            tmp,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "fastseg_version": __version__,
-                "model": spec.name,
-                "family": spec.family,
-                "spec": spec.to_dict(),
-                "weights": label,
-                "checkpoint": {"file": checkpoint.name, "sha256": checksum},
-                "opset": opset,
-                "ir_precision": ir_precision,
-                "graphs": entries,
-                "self_check": report,
-                "extra": extra,
-            },
-        )
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with interruptions() as interrupted, destination_lock(out):
+        for stale in remove_stale(out):
+            log(f"removed {stale.name}, left beside {out.name} by an export that was killed")
+        check_destination(out, overwrite)  # again, now that no other export to out can be running
+        tmp = partial_path(out)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            label = _export_into(tmp, spec, family, checkpoint, ir_precision, weights_label, check_image, log)
+            interrupted.hold = True  # placing the folder is not cut short by a signal (seen below)
+            if interrupted.fired:  # a library swallowed the exception: stop all the same
+                raise interrupted.exception()
+            place(tmp, out, overwrite)
+        except BaseException as exc:
+            interrupted.hold = True  # a second Ctrl-C or SIGTERM must not stop the cleanup
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not interrupted.fired:
+                raise
+            what = "SIGTERM" if interrupted.signum == signal.SIGTERM else "Ctrl-C"
+            log(f"export of {spec.name} stopped by {what}; its temporary folder was removed")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise interrupted.exception() from exc  # e.g. OpenVINO reported it as "initialization failed"
     log(f"done: {out} ({spec.name}, {label}) in {time.perf_counter() - started:.0f} s")
+    if interrupted.fired:  # arrived while the finished folder was being placed: it is in place; now stop
+        raise interrupted.exception()
     return out

@@ -29,7 +29,7 @@ from torch import nn
 
 from fastseg.fastsam import preprocess
 from fastseg.registry import ModelSpec
-from fastseg_export.common import Graph, atomic_torch_save, load_allowlisted
+from fastseg_export.common import Graph, atomic_torch_save, clean_text, load_allowlisted
 from fastseg_export.errors import CheckpointError
 
 #: ultralytics model YAML and the structure that tells the two variants apart: output channels of the
@@ -174,7 +174,7 @@ def load_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
         stem = model.model[0].conv.out_channels
         depth = len(model.model[2].m)
     except (AttributeError, IndexError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a YOLOv8-seg model: {exc}") from exc
+        raise CheckpointError(f"{path} is not a YOLOv8-seg model: {clean_text(str(exc))}") from exc
     if (stem, depth) != (variant["stem_channels"], variant["first_c2f_depth"]):
         other = [n for n, v in _VARIANTS.items() if (v["stem_channels"], v["first_c2f_depth"]) == (stem, depth)]
         hint = f" (that is {other[0]})" if other else ""
