@@ -6,13 +6,18 @@ graphs, so a folder that passes the manifest checks but whose graphs do not fit 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastseg
+import fastseg.manifest as manifest_module
 from fastseg.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -227,3 +232,221 @@ def test_a_spec_of_the_other_family_is_refused(tiny_fastsam_folder: Path, tmp_pa
     folder = _edited_copy(tiny_fastsam_folder, tmp_path, relabel)
     with pytest.raises(ModelFolderError, match="FastSamEngine needs a fastsam model folder with letterbox resizing"):
         fastseg.Predictor(folder, backend="onnxruntime")
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: content hashes, verified once; every path inside the folder (issue #11, defect 4)
+
+
+@pytest.fixture
+def hash_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, int]:
+    """A cache root of this test's own, no in-process memo, and a count of the files hashed."""
+    monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(manifest_module, "_MEMO", {}, raising=False)
+    counts = {"hashed": 0}
+    real = getattr(manifest_module, "_hash_file", None)
+
+    def counting(path: Path) -> str:
+        counts["hashed"] += 1
+        return real(path)  # type: ignore[misc]
+
+    monkeypatch.setattr(manifest_module, "_hash_file", counting, raising=False)
+    return counts
+
+
+def _rewrite(folder: Path, change) -> None:  # noqa: ANN001
+    """Edit manifest.json in place (without recomputing ``files``, unlike write_manifest)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_write_manifest_records_size_and_sha256(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    assert set(files) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    for name, entry in files.items():
+        data = (folder / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("content", [b"\x01" * 64, np.full(16, np.nan, np.float32).tobytes()], ids=["other", "nan"])
+def test_same_size_other_content_is_refused(tmp_path: Path, hash_cache: dict[str, int], content: bytes) -> None:
+    """A .bin of the recorded size from another model, or NaN bytes in a weight, failed to be noticed
+    when only sizes were checked."""
+    folder = _folder(tmp_path)
+    load_model_folder(folder)
+    (folder / "encoder.bin").write_bytes(content)
+    assert len(content) == 64
+    with pytest.raises(ModelFolderError, match=r"damaged: encoder.bin .*sha256 .*the manifest recorded"):
+        load_model_folder(folder)
+
+
+def test_hashes_are_verified_once(tmp_path: Path, hash_cache: dict[str, int]) -> None:
+    folder = _folder(tmp_path)
+    n_files = len(json.loads((folder / "manifest.json").read_text())["files"])
+    hash_cache["hashed"] = 0  # write_manifest hashed them
+    load_model_folder(folder)
+    assert hash_cache["hashed"] == n_files
+    load_model_folder(folder)  # same process
+    manifest_module._MEMO.clear()
+    load_model_folder(folder)  # a new process: the verdicts come from the cache file
+    assert hash_cache["hashed"] == n_files
+    assert list((tmp_path / "cache" / "verified").iterdir()) == [tmp_path / "cache" / "verified" / "sha256.json"]
+    # Same size, same mtime (os.utime): the change time and the inode still tell the file changed.
+    path = folder / "encoder.bin"
+    stat = path.stat()
+    path.write_bytes(b"\x02" * 64)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ModelFolderError, match="encoder.bin"):
+        load_model_folder(folder)
+
+
+@pytest.mark.parametrize("breakage", ["garbage", "directory", "root_is_a_file", "wrong_types"])
+def test_a_broken_hash_cache_means_verify_again(
+    tmp_path: Path, hash_cache: dict[str, int], breakage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _folder(tmp_path)
+    cache_file = tmp_path / "cache" / "verified" / "sha256.json"
+    cache_file.parent.mkdir(parents=True)
+    if breakage == "garbage":
+        cache_file.write_bytes(b"\xff{not json")
+    elif breakage == "directory":
+        cache_file.mkdir()
+    elif breakage == "wrong_types":
+        cache_file.write_text(json.dumps({"version": 1, "files": {str(folder / "encoder.bin"): [1, 2], "x": None}}))
+    else:
+        (tmp_path / "file").write_text("x")
+        monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path / "file" / "cache"))
+    n_files = len(json.loads((folder / "manifest.json").read_text())["files"])
+    hash_cache["hashed"] = 0
+    for _ in range(2):
+        manifest_module._MEMO.clear()
+        load_model_folder(folder)
+    writable = breakage in ("garbage", "wrong_types")
+    assert hash_cache["hashed"] == (n_files if writable else 2 * n_files)
+    (folder / "decoder.bin").write_bytes(b"\x03" * 64)
+    with pytest.raises(ModelFolderError, match="decoder.bin"):
+        load_model_folder(folder)
+
+
+def test_old_manifests_with_sizes_only_still_load(tmp_path: Path, hash_cache: dict[str, int]) -> None:
+    """Folders exported before the hashes: sizes are checked, content is not (documented)."""
+    folder = _folder(tmp_path)
+    _rewrite(folder, lambda m: m.update(files={name: e["size"] for name, e in m["files"].items()}))
+    hash_cache["hashed"] = 0
+    load_model_folder(folder)
+    (folder / "encoder.bin").write_bytes(b"\x01" * 64)
+    load_model_folder(folder)
+    assert hash_cache["hashed"] == 0
+    (folder / "encoder.bin").write_bytes(b"\x01" * 63)
+    with pytest.raises(ModelFolderError, match="encoder.bin has 63 bytes, the manifest recorded 64"):
+        load_model_folder(folder)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"size": 64}, "files entry for 'encoder.bin'"),
+        ({"size": "64", "sha256": "0" * 64}, "files entry for 'encoder.bin'"),
+        ({"size": 64, "sha256": "not hex"}, "files entry for 'encoder.bin'"),
+        (-1, "files entry for 'encoder.bin'"),
+        (True, "files entry for 'encoder.bin'"),
+    ],
+)
+def test_malformed_files_entries_are_refused(tmp_path: Path, entry: object, message: str) -> None:
+    folder = _folder(tmp_path)
+    _rewrite(folder, lambda m: m["files"].update({"encoder.bin": entry}))
+    with pytest.raises(ModelFolderError, match=message):
+        load_model_folder(folder)
+    _rewrite(folder, lambda m: m.update(files=["encoder.bin"]))
+    with pytest.raises(ModelFolderError, match="'files' must map file names to"):
+        load_model_folder(folder)
+
+
+def _outside(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A folder whose manifest reaches outside it, and the name that does."""
+    folder = _folder(tmp_path, "fastsam_s")
+    (tmp_path / "fastsam_x").mkdir()
+    other = tmp_path / "fastsam_x" / "network.xml"
+    other.write_bytes(b"<xml/>")
+    if kind == "dotdot_graph":  # a FastSAM-x graph loaded as FastSAM-s
+        name = "../fastsam_x/network.xml"
+        entry = {"size": 6, "sha256": hashlib.sha256(b"<xml/>").hexdigest()}
+        _rewrite(folder, lambda m: (m["graphs"]["network"].update(openvino=name), m["files"].update({name: entry})))
+    elif kind == "absolute_graph":
+        name = str(other)
+        _rewrite(folder, lambda m: m["graphs"]["network"].update(onnx=name))
+    elif kind == "dotdot_file":
+        name = "../fastsam_x/network.xml"
+        _rewrite(folder, lambda m: m["files"].update({name: 6}))
+    elif kind == "absolute_file":
+        name = "/etc/hostname"
+        _rewrite(folder, lambda m: m["files"].update({name: 1}))
+    elif kind == "symlink":  # network.xml inside the folder points at another model's file
+        name = "network.xml"
+        (folder / "network.xml").unlink()
+        (folder / "network.xml").symlink_to(other)
+    elif kind == "symlinked_folder_entry":
+        name = "sub/network.xml"
+        (folder / "sub").symlink_to(tmp_path / "fastsam_x", target_is_directory=True)
+        _rewrite(folder, lambda m: (m["graphs"]["network"].update(openvino=name), m["files"].update({name: 6})))
+    else:
+        raise ValueError(kind)
+    return folder, name
+
+
+@pytest.mark.parametrize(
+    "kind", ["dotdot_graph", "absolute_graph", "dotdot_file", "absolute_file", "symlink", "symlinked_folder_entry"]
+)
+def test_paths_outside_the_folder_are_refused(tmp_path: Path, hash_cache: dict[str, int], kind: str) -> None:
+    folder, name = _outside(tmp_path, kind)
+    with pytest.raises(ModelFolderError, match=f"{re.escape(name)!s}.* outside the model folder"):
+        load_model_folder(folder)
+
+
+def test_graph_files_must_be_listed(tmp_path: Path, hash_cache: dict[str, int]) -> None:
+    folder = _folder(tmp_path, "fastsam_s")
+    (folder / "extra.xml").write_bytes(b"<xml/>")  # present, but not in the manifest's files: not verified
+    _rewrite(folder, lambda m: m["graphs"]["network"].update(openvino="extra.xml"))
+    with pytest.raises(ModelFolderError, match="graph 'network' uses extra.xml, which the manifest's files do not"):
+        load_model_folder(folder)
+    (folder / "extra.bin").write_bytes(b"\0" * 64)  # the weights OpenVINO would read with extra.xml
+    _rewrite(folder, lambda m: m["files"].update({"extra.xml": 6}))
+    with pytest.raises(ModelFolderError, match="graph 'network' uses extra.bin, which the manifest's files do not"):
+        load_model_folder(folder)
+    _rewrite(folder, lambda m: m["graphs"].update(network="network.xml"))
+    with pytest.raises(ModelFolderError, match="graph 'network' must be an object"):
+        load_model_folder(folder)
+
+
+def test_symlinks_inside_the_folder_are_fine(tmp_path: Path, hash_cache: dict[str, int]) -> None:
+    folder = _folder(tmp_path, "fastsam_s")
+    (folder / "network.bin").rename(folder / "weights.bin")
+    (folder / "network.bin").symlink_to("weights.bin")
+    load_model_folder(folder)
+
+
+def test_the_predictor_verifies_hashes(tiny_fastsam_folder: Path, tmp_path: Path, hash_cache: dict[str, int]) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_fastsam_folder, copy)
+    path = copy / "network.bin"
+    data = bytearray(path.read_bytes())
+    data[-4:] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="damaged: network.bin"):
+        fastseg.Predictor(copy, cache_dir=False)
+
+
+def test_an_unreadable_file_is_a_model_folder_error(
+    tmp_path: Path, hash_cache: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads every file, so the refusal to read is emulated."""
+    folder = _folder(tmp_path)
+
+    def refuse(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(manifest_module, "_hash_file", refuse)
+    with pytest.raises(ModelFolderError, match="cannot read decoder.bin .*Permission denied"):
+        load_model_folder(folder)

@@ -6,13 +6,18 @@ Runtime is the second (``pip install "fastseg[onnxruntime]"``).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fastseg.manifest import ModelFolder, ModelFolderError
+from fastseg.manifest import ModelFolder, ModelFolderError, file_sha256
 from fastseg.paths import cache_dir
 
 Backend = Literal["openvino", "onnxruntime"]
@@ -38,7 +43,18 @@ def default_cache_dir() -> Path:
 
 
 class OpenVINOSession:
-    """One compiled OpenVINO model with one reusable infer request."""
+    """One compiled OpenVINO model with one reusable infer request.
+
+    Args:
+        xml: the graph's OpenVINO IR (its weights: the ``.bin`` next to it).
+        cache_dir: root of the compiled-model cache, or ``None`` for no cache. The model compiles into
+            the sub-folder named by :func:`cache_key` of its content, so other weights behind the same
+            .xml never run from an old compiled blob. A cache that cannot be used (its folder cannot be
+            created, or OpenVINO fails with it but not without it: blobs of another user) is dropped
+            with one ``UserWarning`` per cache root and process.
+        content_key: what identifies the .xml and .bin content (:func:`open_session` passes the
+            manifest's sha256s); ``None`` hashes the two files.
+    """
 
     def __init__(
         self,
@@ -46,26 +62,19 @@ class OpenVINOSession:
         precision: Precision = "f32",
         num_threads: int | None = None,
         cache_dir: Path | None = None,
+        content_key: str | None = None,
     ) -> None:
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        core = _ov_core()
         config: dict[str, object] = {
             hints.inference_precision: ov.Type.f32 if precision == "f32" else ov.Type.bf16,
             hints.performance_mode: hints.PerformanceMode.LATENCY,
         }
         if num_threads:
             config[props.inference_num_threads] = int(num_threads)
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            config[props.cache_dir] = str(cache_dir)
-        try:
-            self._compiled = core.compile_model(str(xml), "CPU", config)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-            raise ModelFolderError(f"OpenVINO could not load {xml}: {first}") from exc
+        self._compiled = _compile(xml, config, cache_dir, content_key, precision)
         self._request = self._compiled.create_infer_request()
         self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
         self.output_names = tuple(p.get_any_name() for p in self._compiled.outputs)
@@ -81,6 +90,30 @@ class OpenVINOSession:
         # The request reuses its output buffers: copy so results survive the next call.
         request = self._request
         return {name: request.get_tensor(port).data.copy() for name, port in zip(self.output_names, self._outputs)}
+
+
+def _compile(
+    xml: Path, config: dict[str, object], cache_dir: Path | None, content_key: str | None, precision: str
+) -> Any:
+    """``core.compile_model`` with the cache sub-folder of ``xml``'s content, else without a cache."""
+    import openvino.properties as props
+
+    core = _ov_core()
+    cache_failure = None
+    if cache_dir is not None:
+        try:
+            folder = cache_dir / cache_key(content_key or _files_key(xml), precision)
+            folder.mkdir(parents=True, exist_ok=True)
+            return core.compile_model(str(xml), "CPU", {**config, props.cache_dir: str(folder)})
+        except (OSError, RuntimeError) as exc:  # RuntimeError: OpenVINO's errors
+            cache_failure = exc  # the cache's fault only if the model compiles without it
+    try:
+        compiled = core.compile_model(str(xml), "CPU", config)
+    except (OSError, RuntimeError) as exc:
+        raise ModelFolderError(f"OpenVINO could not load {xml}: {load_error_detail(exc)}") from exc
+    if cache_dir is not None and cache_failure is not None:
+        _warn_cache(cache_dir, load_error_detail(cache_failure))
+    return compiled
 
 
 #: Graphs run once per image, whose activations are large (SAM ViT-B's encoder: GBs).
@@ -109,8 +142,7 @@ class OnnxRuntimeSession:
         try:
             self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception hierarchy
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFolderError(f"ONNX Runtime could not load {onnx_path}: {first}") from exc
+            raise ModelFolderError(f"ONNX Runtime could not load {onnx_path}: {load_error_detail(exc)}") from exc
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self.backend = "onnxruntime"
@@ -120,6 +152,80 @@ class OnnxRuntimeSession:
     def run(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.generic]]:
         values = self._session.run(list(self.output_names), feeds)
         return dict(zip(self.output_names, values))
+
+
+#: A line of a backend's error that only gives a place in the backend's C++ sources.
+_LOCATION_LINE = re.compile(r"Exception from \S+:\d+:")
+_MAX_DETAIL = 1000
+
+
+def load_error_detail(exc: BaseException) -> str:
+    """A backend's error message on one line, without the lines that only give a C++ source location
+    (OpenVINO: ``Exception from src/inference/src/cpp/core.cpp:132:``), so that the line naming the
+    cause stays; at most 1000 characters; the exception's type name if nothing is left."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    detail = " ".join(line for line in lines if line and not _LOCATION_LINE.fullmatch(line))
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[:_MAX_DETAIL] + "..."
+    return detail or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# The compiled-model cache
+
+
+def cache_key(content_key: str, precision: str) -> str:
+    """Name of a graph's sub-folder in the compiled-model cache: 16 hex digits of a sha256 of
+    ``content_key`` (the .xml and .bin content), the OpenVINO version and ``precision``."""
+    import openvino as ov
+
+    return hashlib.sha256(json.dumps([content_key, ov.__version__, precision]).encode()).hexdigest()[:16]
+
+
+def graph_cache_key(folder: ModelFolder, graph: str, precision: str) -> str:
+    """:func:`cache_key` of ``graph`` of ``folder`` (from the manifest's sha256s when it has them)."""
+    return cache_key(_content_key(folder, folder.graph_file(graph, "openvino")), precision)
+
+
+def _content_key(folder: ModelFolder, xml: Path) -> str:
+    """The sha256s of ``xml`` and its ``.bin``: the manifest's, or hashed (once per file version)."""
+    digests = []
+    for path in (xml, xml.with_suffix(".bin")):
+        if path.name in folder.manifest["files"]:
+            digests.append(folder.sha256(path.name))
+        else:
+            digests.append(file_sha256(path) if path.is_file() else "")
+    return json.dumps(digests)
+
+
+def _files_key(xml: Path) -> str:
+    return json.dumps([file_sha256(p) if p.is_file() else "" for p in (xml, xml.with_suffix(".bin"))])
+
+
+#: Cache roots already warned about in this process: one warning each.
+_CACHE_WARNED: set[str] = set()
+
+
+def _warn_cache(cache_dir: Path, cause: str) -> None:
+    if str(cache_dir) in _CACHE_WARNED:
+        return
+    _CACHE_WARNED.add(str(cache_dir))
+    warnings.warn(
+        f"the compiled-model cache {cache_dir} cannot be used ({cause}); models compile without it, at "
+        "every start. Set FASTSEG_CACHE to a folder you can write, or pass cache_dir=False to turn the "
+        "cache off",
+        UserWarning,
+        stacklevel=_outside_fastseg(),
+    )
+
+
+def _outside_fastseg() -> int:
+    """``stacklevel`` of the first caller outside the fastseg package (where a warning should point)."""
+    package = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(2), 2
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def precision_name(value: object) -> str:
@@ -159,11 +265,18 @@ def open_session(
 ) -> Session:
     """Open ``graph`` of ``folder`` on ``backend``.
 
+    Guarantee: the compiled-model cache never runs other content than the graph's current .xml and
+    .bin (it is keyed on their sha256), and a cache that cannot be used costs one warning and the
+    compile time, never an error.
+
     Args:
         precision: ``"f32"`` or ``"bf16"`` (OpenVINO only; ONNX Runtime runs f32).
         num_threads: inference threads; ``None`` lets the backend use every core.
         cache_dir: OpenVINO compiled-model cache (a second process starts fast); ``None`` uses
             :func:`default_cache_dir`, ``False`` disables it.
+
+    Raises:
+        ModelFolderError: the backend cannot load the graph (the message keeps the backend's cause).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -176,5 +289,16 @@ def open_session(
         if precision != "f32":
             raise ValueError(f"the onnxruntime backend runs f32 only, got precision={precision!r}")
         return OnnxRuntimeSession(path, num_threads=num_threads, memory_arena=graph not in ONCE_PER_IMAGE_GRAPHS)
-    cache = None if cache_dir is False else (cache_dir or default_cache_dir())
-    return OpenVINOSession(path, precision=precision, num_threads=num_threads, cache_dir=cache)  # type: ignore[arg-type]
+    cache: Path | None = None
+    if cache_dir is not False:
+        try:
+            cache = cache_dir or default_cache_dir()
+        except RuntimeError as exc:  # Path.home() without a home directory
+            _warn_cache(Path("~/.cache/fastseg/compiled"), str(exc))
+    content = None
+    if cache is not None:
+        try:
+            content = _content_key(folder, path)
+        except OSError:  # an unreadable graph: OpenVINO names the problem when it fails to load it
+            content = None
+    return OpenVINOSession(path, precision, num_threads, cache_dir=cache, content_key=content)  # type: ignore[arg-type]
