@@ -112,6 +112,18 @@ def test_segment_fastsam_box(tmp_path, tiny_fastsam_folder, chelsea_png, capsys)
     assert np.count_nonzero(m) == pytest.approx(np.pi * (90 * 451 / 1024) * (90 * 300 / 681), rel=0.02)
 
 
+def test_no_cache_compiles_without_the_cache(tmp_path, tiny_fastsam_folder, chelsea_png, capsys, monkeypatch) -> None:
+    """--no-cache: nothing is written to the compiled-model cache; without it the cache fills."""
+    monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path / "cache"))
+    args = ["segment", str(chelsea_png), "--model", str(tiny_fastsam_folder), "--box", "88,83,176,171"]
+    assert main([*args, "--no-cache"]) == 0
+    compiled = tmp_path / "cache" / "compiled"
+    assert not compiled.exists() or not any(compiled.rglob("*.blob"))
+    assert main(args) == 0
+    assert any(compiled.rglob("*.blob"))
+    capsys.readouterr()
+
+
 def test_segment_everything_json(tmp_path, tiny_fastsam_folder, chelsea_png, capsys) -> None:
     from fastseg.rle import decode
 

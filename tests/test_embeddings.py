@@ -93,7 +93,7 @@ def _fields(**override):
         ("garbage", "is not a fastseg image embedding file"),
         ("truncated", "is not a fastseg image embedding file"),
         ("npy", "a single .npy array, not an .npz"),
-        ("pickled", "is not a fastseg image embedding file .*allow_pickle"),
+        ("pickled", "member 'model' holds Python objects .*fastseg refuses them"),
         ("no format", r"it lacks \['format'\]"),
         ("other format", "embedding file format 'fastseg-image-embedding/0', this fastseg reads"),
         ("other family", "unknown model family 'yolo'"),

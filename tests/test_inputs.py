@@ -91,6 +91,9 @@ def test_pil_images() -> None:
     np.testing.assert_array_equal(load_image(la), np.repeat(gray[:, :, None], 3, axis=2))
     with pytest.raises(ValueError, match=r"image is empty: 0x5"):
         load_image(Image.new("RGB", (0, 5)))
+    premultiplied = Image.new("La", (3, 2))  # Pillow converts it to nothing but L / LA
+    with pytest.raises(ValueError, match=r"image mode 'La' cannot be converted to RGB: conversion from La"):
+        load_image(premultiplied)
     for deep in (np.zeros((3, 4), np.uint16), np.zeros((3, 4), np.float32), np.zeros((3, 4), np.int32)):
         pil = Image.fromarray(deep)
         with pytest.raises(ValueError, match=rf"image mode '{pil.mode}' \(16/32-bit\) is not supported"):

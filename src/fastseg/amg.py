@@ -32,7 +32,7 @@ from fastseg.components import remove_small_regions
 from fastseg.ops import masks_to_boxes, nms
 from fastseg.records import MaskRecords, Record, check_output_mode, encode_segmentation
 from fastseg.rle import StoredMask, crop_masks_to_rle, masks_to_rle
-from fastseg.sam import LABEL_FOREGROUND, UpscalePlan, build_prompt_arrays
+from fastseg.sam import LABEL_FOREGROUND, MAX_DECODER_BATCH, UpscalePlan, build_prompt_arrays
 
 if TYPE_CHECKING:
     from fastseg.sam import SamEngine
@@ -44,10 +44,19 @@ CROP_EDGE_ATOL = 20.0
 #: Full-resolution float32 logits held at a time while upscaling survivors (bounds memory).
 UPSCALE_BYTES = 64 << 20
 
-#: At most this many prompt sets per decoder run (a ``points_per_batch`` group is split further if
-#: larger). Batching never changes results; past 16-32 prompt sets the time per set is flat while the
-#: decoder's memory keeps growing with the batch (docs/PERFORMANCE.md).
-MAX_DECODER_BATCH = 32
+# MAX_DECODER_BATCH (from fastseg.sam, shared with SamEngine.predict): at most this many prompt sets
+# per decoder run; a ``points_per_batch`` group is split further if larger.
+
+#: Bounds on the work one everything-mode call may ask for, checked when the parameters are made
+#: (the cost does not depend on the image): a grid of at most 256 x 256 points per crop (65,536
+#: prompt sets; the original's default is 32 x 32) ...
+MAX_POINTS_PER_SIDE = 256
+#: ... at most 341 crops, i.e. encoder runs (``crop_n_layers <= 4``: 1 + 4 + 16 + 64 + 256) ...
+MAX_CROP_N_LAYERS = 4
+MAX_CROPS = (4 ** (MAX_CROP_N_LAYERS + 1) - 1) // 3
+#: ... and at most 2**20 prompt sets over all crops (at ~16 ms per prompt set on a laptop CPU, about
+#: 5 hours; the default parameters ask for 1,024).
+MAX_PROMPT_SETS = 1 << 20
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -99,6 +108,10 @@ class SamEverythingParams:
             again (``postprocess_small_regions``).
         output_mode: ``"binary_mask"`` (``(H, W)`` bool), ``"uncompressed_rle"`` or ``"coco_rle"``
             (needs pycocotools).
+
+    The work asked for is bounded (:meth:`projected_work`): at most :data:`MAX_POINTS_PER_SIDE`
+    points per side, :data:`MAX_CROPS` crops (encoder runs) and :data:`MAX_PROMPT_SETS` prompt sets
+    in all; beyond them construction raises ``ValueError`` stating the projected cost.
     """
 
     points_per_side: int | None = 32
@@ -132,6 +145,13 @@ class SamEverythingParams:
             _check_float("stability_score_offset", self.stability_score_offset, 0.0, math.inf),
         )
         put(self, "crop_n_layers", _check_int("crop_n_layers", self.crop_n_layers, 0))
+        if self.crop_n_layers > MAX_CROP_N_LAYERS:  # before any power of the layer count is computed
+            n = self.crop_n_layers
+            count = f"{_crop_count(n):,}" if n <= 16 else "more than 10**10"
+            raise ValueError(
+                f"crop_n_layers={n} runs the encoder on {count} crops; at most {MAX_CROPS} "
+                f"(crop_n_layers <= {MAX_CROP_N_LAYERS})"
+            )
         put(
             self,
             "crop_overlap_ratio",
@@ -146,6 +166,11 @@ class SamEverythingParams:
         put(self, "output_mode", check_output_mode(self.output_mode))
         if self.points_per_side is not None:
             put(self, "points_per_side", _check_int("points_per_side", self.points_per_side, 1))
+            if self.points_per_side > MAX_POINTS_PER_SIDE:
+                raise ValueError(
+                    f"points_per_side must be at most {MAX_POINTS_PER_SIDE} ({MAX_POINTS_PER_SIDE**2:,} prompt sets "
+                    f"per crop), got {self.points_per_side} ({self.points_per_side**2:,} prompt sets per crop)"
+                )
             last = int(self.points_per_side / (self.crop_n_points_downscale_factor**self.crop_n_layers))
             if last < 1:
                 raise ValueError(
@@ -155,6 +180,29 @@ class SamEverythingParams:
                 )
         else:
             put(self, "point_grids", _check_grids(self.point_grids, self.crop_n_layers))
+        prompt_sets, crops = self.projected_work()
+        if prompt_sets > MAX_PROMPT_SETS:
+            per_layer = " + ".join(
+                f"{4**i:,} crop{'s' if i else ''} x {n:,}" for i, n in enumerate(self._points_per_layer())
+            )
+            raise ValueError(
+                f"these everything-mode parameters ask for {prompt_sets:,} prompt sets ({per_layer}) and "
+                f"{crops:,} encoder runs; the limit is {MAX_PROMPT_SETS:,} prompt sets (fewer points_per_side, "
+                "crop layers, or a larger crop_n_points_downscale_factor)"
+            )
+
+    def _points_per_layer(self) -> list[int]:
+        if self.point_grids is not None:
+            return [len(g) for g in self.point_grids]
+        assert self.points_per_side is not None
+        factor = self.crop_n_points_downscale_factor
+        return [int(self.points_per_side / (factor**i)) ** 2 for i in range(self.crop_n_layers + 1)]
+
+    def projected_work(self) -> tuple[int, int]:
+        """``(prompt sets, encoder runs)`` of one :func:`generate` call with these parameters: layer
+        ``i`` has ``4**i`` crops, each prompted with the layer's grid and encoded once."""
+        prompt_sets = sum(4**i * n for i, n in enumerate(self._points_per_layer()))
+        return prompt_sets, _crop_count(self.crop_n_layers)
 
     def grids(self) -> list[npt.NDArray[np.float64]]:
         """The point grid of each crop layer, normalised to [0, 1] (``build_all_layer_point_grids``)."""
@@ -170,6 +218,11 @@ class SamEverythingParams:
         if self.point_grids is not None:
             out["point_grids"] = [g.tolist() for g in self.point_grids]
         return out
+
+
+def _crop_count(crop_n_layers: int) -> int:
+    """Crops of :func:`generate_crop_boxes`: the image, then ``4**i`` crops in layer ``i``."""
+    return int(4 ** (crop_n_layers + 1) - 1) // 3
 
 
 def _check_grids(grids: Any, crop_n_layers: int) -> tuple[npt.NDArray[np.float64], ...]:

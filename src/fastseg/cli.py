@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,9 @@ import numpy.typing as npt
 from fastseg import __version__
 from fastseg.backends import BACKENDS, PRECISIONS
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
+
+if TYPE_CHECKING:
+    from fastseg.predictor import Predictor
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -39,11 +42,33 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
+def _check_png_outputs(args: argparse.Namespace) -> None:
+    """--mask and --overlay are written as PNG (lossless: a mask survives exactly): refuse another suffix
+    before any work, rather than write PNG bytes into a file named .jpg."""
+    for option in ("mask", "overlay"):
+        path = getattr(args, option)
+        if path is not None and path.suffix.lower() != ".png":
+            raise ValueError(f"--{option} writes a PNG file: give a path ending in .png, got {path}")
+
+
+def _predictor(args: argparse.Namespace) -> Predictor:
+    from fastseg.predictor import Predictor
+
+    return Predictor(
+        args.model,
+        backend=args.backend,
+        precision=args.precision,
+        cache_dir=False if args.no_cache else None,
+        conf=args.conf,
+        iou=args.iou,
+    )
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from fastseg.draw import save_png
     from fastseg.image import load_image
-    from fastseg.predictor import Predictor
 
+    _check_png_outputs(args)
     image = load_image(args.image)
     if args.everything:
         return _segment_everything(args, image)
@@ -56,7 +81,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError("--label needs --point")
         labels = args.label
     boxes = np.array(args.box, dtype=np.float64) if args.box else None
-    predictor = Predictor(args.model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou)
+    predictor = _predictor(args)
     start = time.perf_counter()
     predictor.set_image(image)
     result = predictor.predict(points=points, labels=labels, boxes=boxes, multimask=not args.single_mask)
@@ -95,13 +120,12 @@ EVERYTHING_OPTIONS = (
 
 def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) -> int:
     from fastseg.draw import save_png
-    from fastseg.predictor import Predictor
     from fastseg.records import iter_masks
 
     if args.point or args.box or args.label:
         raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
     params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
-    predictor = Predictor(args.model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou)
+    predictor = _predictor(args)
     start = time.perf_counter()  # Predictor.everything checks the parameters before it encodes the image
     records = predictor.everything(image, progress=args.progress, **params)
     elapsed = time.perf_counter() - start
@@ -172,10 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sg.add_argument("--box", type=_box, action="append", metavar="X1,Y1,X2,Y2", help="a box prompt (repeatable)")
     sg.add_argument("--single-mask", action="store_true", help="SAM: one mask per prompt instead of three")
-    sg.add_argument("--mask", type=Path, help="write the mask (best per prompt, united) as a PNG")
-    sg.add_argument("--overlay", type=Path, help="write the image with the masks painted on it as a PNG")
+    sg.add_argument("--mask", type=Path, help="write the mask (best per prompt, united) to this .png file")
+    sg.add_argument("--overlay", type=Path, help="write the image with the masks painted on it to this .png file")
     sg.add_argument("--backend", choices=BACKENDS, default="openvino")
     sg.add_argument("--precision", choices=PRECISIONS, default="f32")
+    sg.add_argument(
+        "--no-cache", action="store_true", help="compile the models without OpenVINO's compiled-model cache"
+    )
     sg.add_argument(
         "--conf", type=float, default=DEFAULT_CONF, help=f"FastSAM confidence threshold (default {DEFAULT_CONF})"
     )

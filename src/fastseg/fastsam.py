@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.image import check_image_size
 from fastseg.manifest import ModelFolder, ModelFolderError
 from fastseg.ops import Taps, bilinear_taps, box_iou, cxcywh_to_xyxy, nms
 from fastseg.records import MaskRecords, check_output_mode, encode_segmentation
@@ -744,16 +745,33 @@ class FastSamEngine:
         return self._require_state().embedding
 
     def set_image_embedding(self, embedding: Any) -> None:
-        """Restore a state from :meth:`get_image_embedding` (same model); NMS runs again."""
+        """Restore a state from :meth:`get_image_embedding` (same model); NMS runs again.
+
+        Refuses an embedding of another model, sizes beyond fastseg's limits, an ``input_size`` that
+        is not the letterbox of ``original_size``, arrays of the wrong shape or with NaN or infinite
+        values.
+        """
         if not isinstance(embedding, FastSamImageEmbedding):
             raise ValueError(f"expected a FastSamImageEmbedding, got {type(embedding).__name__}")
         if embedding.model != self.model_name:
             raise ValueError(f"embedding was made by {embedding.model!r}, this engine runs {self.model_name!r}")
         self._state = None
+        h, w = (int(v) for v in embedding.original_size)
+        check_image_size(h, w, "the embedding's original_size")
+        expected = letterbox_geometry((h, w), self.spec.input_size, self.spec.stride).input_size
+        if tuple(embedding.input_size) != expected:
+            raise ValueError(
+                f"embedding has input_size {tuple(embedding.input_size)}, but an image of {h}x{w} is letterboxed "
+                f"to {expected}"
+            )
         self._state = self._build_state(embedding)
 
     def _build_state(self, embedding: FastSamImageEmbedding) -> _ImageState:
         det, protos = embedding.detections, embedding.protos
+        for name, array in (("detections", det), ("protos", protos)):
+            if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+                got = f"{array.dtype} array" if isinstance(array, np.ndarray) else type(array).__name__
+                raise ValueError(f"{name} must be a float32 array, got {got}")
         in_h, in_w = embedding.input_size
         m = self.num_mask_coefficients
         if det.ndim != 3 or det.shape[0] != 1 or det.shape[1] != 5 + m:
@@ -762,6 +780,13 @@ class FastSamEngine:
             raise ValueError(
                 f"protos must be (1, {m}, {in_h // 4}, {in_w // 4}) for a {in_h}x{in_w} input, got {protos.shape}"
             )
+        for name, array in (("detections", det), ("protos", protos)):
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise ValueError(
+                    f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; the network's outputs are "
+                    "finite (a damaged embedding file, or a model whose weights are damaged)"
+                )
         found = non_max_suppression(det, self.conf, self.iou, MAX_DET)
         image_size = embedding.original_size
         boxes = scale_boxes(found.boxes, embedding.input_size, image_size)

@@ -12,6 +12,17 @@ import numpy as np
 import numpy.typing as npt
 
 
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool if it is one (``bool`` or ``numpy.bool_``); else ``TypeError``.
+
+    For on/off arguments such as ``multimask``: ``bool("no")`` is True, so a string or a number is
+    refused rather than read as truth.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class Prompts:
     """Validated prompts for one image.

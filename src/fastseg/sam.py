@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.image import check_image_size
 from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, ModelFolderError
 from fastseg.ops import bilinear_taps, masks_to_boxes
 from fastseg.registry import Family, ModelSpec
@@ -43,6 +44,12 @@ DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
 DECODER_IMAGE_OUTPUTS = ("image_keys", "token_keys", "token_values", "image_queries")
 POINT_DECODER_INPUTS = (*DECODER_IMAGE_OUTPUTS, "point_coords", "point_labels")
 
+#: At most this many prompt sets per decoder run, in ``predict`` (many boxes) and in everything mode
+#: (:mod:`fastseg.amg`). Batching never changes results; past 16-32 prompt sets the time per set is
+#: flat while the decoder's memory keeps growing with the batch (~46 MB per prompt set;
+#: docs/PERFORMANCE.md), so memory stays bounded whatever the number of prompts.
+MAX_DECODER_BATCH = 32
+
 
 # --------------------------------------------------------------------------------------------------
 # Image and prompt transforms
@@ -53,11 +60,21 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
 
     ``ResizeLongestSide.get_preprocess_shape``: scale ``long_side / max(height, width)``, each side
     rounded half up (``int(x + 0.5)``), in Python floats as the original.
+
+    Raises ``ValueError`` for an aspect ratio beyond ``2 * long_side : 1`` (2048:1 for SAM), whose
+    short side would round to 0 pixels (``segment_anything`` fails there too, inside PIL).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be at least 1x1, got {height}x{width}")
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+    if new_h < 1 or new_w < 1:
+        side = "high" if new_h < 1 else "wide"
+        raise ValueError(
+            f"SAM resizes the longest side to {long_side}: a {height}x{width} image would be 0 pixels {side}; "
+            f"aspect ratios up to {2 * long_side}:1 are supported"
+        )
+    return new_h, new_w
 
 
 def resize_longest_side(image: npt.NDArray[np.uint8], long_side: int) -> npt.NDArray[np.uint8]:
@@ -439,6 +456,8 @@ class SamEngine:
         self._plan(embedding)  # the upscaling plan depends only on the sizes: build it now, not per click
 
     def _check_embedding(self, embedding: Any) -> None:
+        """Refuse an embedding of another model, of the wrong shape or dtype, with NaN or infinite
+        values, or whose sizes are beyond fastseg's limits or do not agree with each other."""
         if not isinstance(embedding, ImageEmbedding):
             raise ValueError(f"expected a fastseg.sam.ImageEmbedding, got {type(embedding).__name__}")
         if embedding.model != self.model_name:
@@ -449,7 +468,14 @@ class SamEngine:
         if not isinstance(array, np.ndarray) or array.shape != self.embedding_shape or array.dtype != np.float32:
             got = f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}"
             raise ValueError(f"image embedding must be float32 {self.embedding_shape}, got {got}")
-        h, w = embedding.original_size
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"image embedding holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; an encoder output is "
+                "finite (a damaged file, or a model whose weights are damaged)"
+            )
+        h, w = (int(v) for v in embedding.original_size)
+        check_image_size(h, w, "the embedding's original_size")
         expected = preprocess_shape(h, w, self.spec.input_size)
         if tuple(embedding.input_size) != expected:
             raise ValueError(
@@ -475,8 +501,9 @@ class SamEngine:
     def predict(self, prompts: Prompts, multimask: bool) -> SegmentationResult:
         """Masks for validated prompts (:func:`fastseg.prompts.validate_prompts`).
 
-        Several boxes run as one decoder batch with one prompt set per box (points, if any, are
-        shared by every box), like ``SamPredictor.predict_torch`` with a batch of boxes.
+        Several boxes give one prompt set per box (points, if any, are shared by every box), like
+        ``SamPredictor.predict_torch`` with a batch of boxes; the decoder runs them
+        :data:`MAX_DECODER_BATCH` at a time, so its memory is bounded whatever the number of boxes.
 
         Returns:
             ``multimask``: 3 masks per prompt set (the decoder's masks 1..3), else 1 (mask 0), in
@@ -488,17 +515,26 @@ class SamEngine:
         )
         n_sets = coords.shape[0]
         size = self.low_res_size
-        if prompts.mask_input is None:
-            low_res, iou = self._run_points(coords, point_labels)
-        else:
+        runs = []
+        for start in range(0, n_sets, MAX_DECODER_BATCH):
+            part = slice(start, start + MAX_DECODER_BATCH)
+            if prompts.mask_input is None:
+                runs.append(self._run_points(coords[part], point_labels[part]))
+                continue
+            mask_input = prompts.mask_input if len(prompts.mask_input) == 1 else prompts.mask_input[part]
             feeds = {
                 "image_embeddings": emb.embedding,
-                "point_coords": coords,
-                "point_labels": point_labels,
-                "mask_input": np.ascontiguousarray(prompts.mask_input[:, None]),
+                "point_coords": coords[part],
+                "point_labels": point_labels[part],
+                "mask_input": np.ascontiguousarray(mask_input[:, None]),
                 "has_mask_input": np.ones(1, dtype=np.float32),
             }
-            low_res, iou = self._checked(self._decoder.run(feeds), n_sets, "decoder")
+            runs.append(self._checked(self._decoder.run(feeds), len(feeds["point_coords"]), "decoder"))
+        if len(runs) == 1:
+            low_res, iou = runs[0]
+        else:
+            low_res, iou = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+        del runs
         chosen = slice(1, None) if multimask else slice(0, 1)
         low_res = low_res[:, chosen]
         per_set = low_res.shape[1]
