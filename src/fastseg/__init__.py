@@ -12,12 +12,13 @@ from fastseg.results import SegmentationResult
 if TYPE_CHECKING:  # imported lazily by __getattr__ below; type checkers see the real names
     from fastseg.api import segment
     from fastseg.embeddings import load_embedding, save_embedding
-    from fastseg.predictor import Predictor
+    from fastseg.predictor import ImageHandle, Predictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "ImageHandle",
     "MaskRecords",
     "ModelSpec",
     "Predictor",
@@ -32,10 +33,10 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # Predictor and segment pull in the backends; import them on first use so `import fastseg` stays light.
-    if name == "Predictor":
-        from fastseg.predictor import Predictor
+    if name in ("Predictor", "ImageHandle"):
+        from fastseg import predictor
 
-        return Predictor
+        return getattr(predictor, name)
     if name in ("save_embedding", "load_embedding"):
         from fastseg import embeddings
 

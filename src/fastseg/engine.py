@@ -2,7 +2,9 @@
 
 A family (SAM / MobileSAM in :mod:`fastseg.sam`, FastSAM in :mod:`fastseg.fastsam`) implements
 :class:`Engine`. The Predictor loads the image, validates prompts once (:mod:`fastseg.prompts`),
-serialises calls and hands the engine values it can trust.
+serialises calls and hands the engine values it can trust. An engine holds one image's state; a
+Predictor keeps several engines over the same sessions, one per image whose handle it keeps ready
+(:class:`fastseg.predictor.ImageHandle`), and calls one at a time.
 """
 
 from __future__ import annotations

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -12,12 +17,54 @@ import numpy.typing as npt
 
 from fastseg.backends import Backend, Precision, open_session
 from fastseg.engine import Engine, ImageEmbeddingLike, ProgressCallback, SessionWrapper
-from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, FastSamImageEmbedding
 from fastseg.image import ImageLike, load_image
 from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, load_model_folder
-from fastseg.prompts import validate_prompts
+from fastseg.prompts import check_flag, validate_prompts
 from fastseg.records import MaskRecords
 from fastseg.results import SegmentationResult
+from fastseg.sam import ImageEmbedding
+
+_handle_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageHandle:
+    """One encoded image: what :meth:`Predictor.set_image`, :meth:`Predictor.encode` and
+    :meth:`Predictor.set_image_embedding` return, and ``predict(..., image=handle)`` /
+    ``everything(image=handle)`` take, to answer on that image whatever another thread set meanwhile.
+
+    Made by the Predictor, not by hand. Immutable (frozen; ``pixels`` is a read-only copy) and
+    light: it holds the embedding, not the decoder's per-image state, which the Predictor rebuilds
+    from the embedding when it needs to. A handle works on every Predictor of the same model;
+    handles are equal only to themselves.
+
+    Attributes:
+        embedding: the image's embedding, as :meth:`Predictor.get_image_embedding` returns it
+            (:class:`fastseg.sam.ImageEmbedding` or :class:`fastseg.fastsam.FastSamImageEmbedding`;
+            :func:`fastseg.save_embedding` stores it).
+        pixels: the RGB uint8 ``(H, W, 3)`` image (read-only), or None for a handle made from an
+            embedding (SAM-family everything mode with ``crop_n_layers > 0`` needs the pixels).
+        id: unique in the process.
+        original_size: ``(H, W)`` of the image (the embedding's).
+        model: registry name of the model that encoded it (the embedding's).
+    """
+
+    embedding: ImageEmbeddingLike
+    pixels: npt.NDArray[np.uint8] | None = None
+    id: int = field(init=False, default_factory=lambda: next(_handle_ids))
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        h, w = self.embedding.original_size
+        return int(h), int(w)
+
+    @property
+    def model(self) -> str:
+        return self.embedding.model
+
+    def __repr__(self) -> str:
+        return f"ImageHandle(original_size={self.original_size}, model={self.model!r}, id={self.id})"
 
 
 class Predictor:
@@ -26,9 +73,17 @@ class Predictor:
     ``set_image`` runs the image encoder (SAM, MobileSAM) or the whole network and NMS (FastSAM) once;
     ``predict`` then answers prompts on that image. Prompts are explicit arguments, never state.
 
-    Thread safety: calls are serialised by an internal lock, so one Predictor may be shared by
-    threads and each call sees a consistent image; for parallel throughput use one Predictor per
-    thread.
+    Thread safety: one lock serialises the calls (their graph runs take turns), and every encoded
+    image has an immutable :class:`ImageHandle`: ``set_image`` and ``encode`` return one, and
+    ``predict(..., image=handle)`` / ``everything(image=handle)`` answer on that image whatever other
+    threads set meanwhile. So one Predictor may serve several images to several threads at once
+    (e.g. a labeling server: one handle per image). Without ``image=``, a call answers on the image
+    set last, by any thread: one image at a time, which is right for one thread and wrong for threads
+    that each set their own image. The Predictor keeps the decoder-side state of the
+    ``cached_images`` most recently used handles; prompting another handle rebuilds it from the
+    handle's embedding (SAM family: one ``decoder_image`` run; FastSAM: NMS and the masks'
+    set-up), never the encoder. For parallel throughput use several Predictors (calls on one
+    take turns); a handle works on every Predictor of the same model.
 
     Args:
         model_dir: a folder written by ``fastseg export``.
@@ -43,11 +98,14 @@ class Predictor:
             :data:`fastseg.fastsam.DEFAULT_CONF` / ``DEFAULT_IOU``).
         session_wrapper: ``wrap(graph_name, session) -> session``, applied to every backend session
             the Predictor opens (to time or trace graph runs; the benchmark times each graph with it).
+        cached_images: how many images' decoder-side state to keep ready (default 4; each is a few
+            MB for the SAM family, up to tens of MB for FastSAM). States of images whose handles are
+            all gone are reused at once, so one-image-at-a-time use keeps one.
 
     Example:
         >>> p = Predictor("models/mobile_sam")
-        >>> p.set_image("photo.jpg")
-        >>> result = p.predict(points=[[500, 375]], labels=[1])
+        >>> photo = p.set_image("photo.jpg")
+        >>> result = p.predict(points=[[500, 375]], labels=[1], image=photo)
         >>> result.masks.shape  # (3, H, W)
     """
 
@@ -61,7 +119,10 @@ class Predictor:
         conf: float = DEFAULT_CONF,
         iou: float = DEFAULT_IOU,
         session_wrapper: SessionWrapper | None = None,
+        cached_images: int = 4,
     ) -> None:
+        if isinstance(cached_images, bool) or not isinstance(cached_images, int) or cached_images < 1:
+            raise ValueError(f"cached_images must be a positive int, got {cached_images!r}")
         self.folder: ModelFolder = load_model_folder(model_dir)
         self.backend = backend
         #: The precision asked for; :attr:`precision` is the one the backend runs at.
@@ -83,18 +144,24 @@ class Predictor:
                 UserWarning,
                 stacklevel=2,
             )
-        self._lock = threading.Lock()
-        self._image_size: tuple[int, int] | None = None
-        self._pixels: npt.NDArray[np.uint8] | None = None  # the image set (everything mode's crops need it)
-        self._engine: Engine
+        #: How many images' decoder-side state the Predictor keeps ready for their handles.
+        self.cached_images = cached_images
+        self._new_engine: Callable[[], Engine]
         if self.folder.family == "sam":
             from fastseg.sam import SamEngine
 
-            self._engine = SamEngine(self.folder, sessions)
+            self._new_engine = lambda: SamEngine(self.folder, sessions)
         else:
             from fastseg.fastsam import FastSamEngine
 
-            self._engine = FastSamEngine(self.folder, sessions, conf=conf, iou=iou)
+            self._new_engine = lambda: FastSamEngine(self.folder, sessions, conf=conf, iou=iou)
+        # Each engine holds one image's state; they share the sessions, and the lock serialises them.
+        self._lock = threading.Lock()
+        self._template: Engine = self._new_engine()  # for what needs no image (parameters, sizes)
+        self._spare: Engine | None = self._template  # an engine whose state nobody needs
+        #: handle id -> (the handle, weakly; the engine holding its state), least recently used first
+        self._ready: OrderedDict[int, tuple[weakref.ReferenceType[ImageHandle], Engine]] = OrderedDict()
+        self._current: ImageHandle | None = None
 
     @property
     def model_name(self) -> str:
@@ -103,25 +170,53 @@ class Predictor:
     @property
     def image_size(self) -> tuple[int, int] | None:
         """``(H, W)`` of the image set, or None."""
-        return self._image_size
+        current = self._current
+        return None if current is None else current.original_size
 
-    def set_image(self, image: ImageLike) -> None:
-        """Encode ``image`` (path, PIL image, or RGB uint8 array; see :func:`fastseg.image.load_image`)."""
-        array = load_image(image)
+    # images -------------------------------------------------------------------------------------
+
+    def set_image(self, image: ImageLike) -> ImageHandle:
+        """Encode ``image`` (path, PIL image, or RGB uint8 array; see :func:`fastseg.image.load_image`)
+        and make it the image set, which calls without ``image=`` answer on.
+
+        Returns:
+            The image's :class:`ImageHandle`: pass it as ``image=`` to answer on this image whatever
+            another thread sets meanwhile. If loading or encoding fails, no image is set.
+        """
+        array = self._load_or_clear(image)
         with self._lock:
-            self._set_image_locked(array)
+            self._current = None  # a handle nobody holds any more frees its state for this image
+            handle = self._new_handle(lambda engine: engine.set_image(array), array)
+            self._current = handle
+        return handle
 
-    def _set_image_locked(self, array: npt.NDArray[np.uint8]) -> None:
-        """Encode ``array`` (RGB uint8) as the image set; the caller holds ``self._lock``."""
-        self._image_size = self._pixels = None
-        self._engine.set_image(array)
-        self._image_size = (int(array.shape[0]), int(array.shape[1]))
-        self._pixels = array
+    def encode(self, image: ImageLike | ImageEmbeddingLike) -> ImageHandle:
+        """A handle for ``image`` (as :meth:`set_image` loads it, or an embedding of this model, e.g.
+        from :func:`fastseg.load_embedding`), without changing the image set."""
+        if isinstance(image, (ImageEmbedding, FastSamImageEmbedding)):
+            embedding = image
+            with self._lock:
+                return self._new_handle(lambda engine: engine.set_image_embedding(embedding), None)
+        array = self._load(image)
+        with self._lock:
+            return self._new_handle(lambda engine: engine.set_image(array), array)
 
-    def _require_image(self) -> tuple[int, int]:
-        if self._image_size is None:
-            raise RuntimeError("no image is set: call set_image(image) (or set_image_embedding) before predict")
-        return self._image_size
+    def get_image_embedding(self) -> ImageEmbeddingLike:
+        """What ``set_image`` computed, to store and restore later with :meth:`set_image_embedding`
+        (a handle's is ``handle.embedding``)."""
+        return self._require_image().embedding
+
+    def set_image_embedding(self, embedding: ImageEmbeddingLike) -> ImageHandle:
+        """Restore an image state taken with :meth:`get_image_embedding` (same model), without
+        encoding, as the image set; returns its handle (without pixels). If it is refused, no image
+        is set."""
+        with self._lock:
+            self._current = None
+            handle = self._new_handle(lambda engine: engine.set_image_embedding(embedding), None)
+            self._current = handle
+        return handle
+
+    # prompts ------------------------------------------------------------------------------------
 
     def predict(
         self,
@@ -130,8 +225,9 @@ class Predictor:
         boxes: npt.ArrayLike | None = None,
         mask_input: npt.ArrayLike | None = None,
         multimask: bool = True,
+        image: ImageHandle | None = None,
     ) -> SegmentationResult:
-        """Masks for the prompts on the image set.
+        """Masks for the prompts on the image of ``image`` (a handle), or on the image set.
 
         Args:
             points: ``(N, 2)`` XY in image pixels.
@@ -140,33 +236,24 @@ class Predictor:
                 (``result.by_prompt()`` splits them). Points, if given too, apply to every box.
             mask_input: a previous result's ``low_res_logits`` (SAM family; FastSAM refuses it).
             multimask: SAM family: 3 masks per prompt set if True, else 1 (as ``SamPredictor.predict``).
+                ``True`` or ``False`` (a numpy bool too).
+            image: an :class:`ImageHandle` of this model (from :meth:`set_image`, :meth:`encode` or
+                :meth:`set_image_embedding`); None answers on the image set last (one image at a time).
 
         Returns:
             A :class:`~fastseg.results.SegmentationResult` at the original resolution.
         """
+        multimask = check_flag("multimask", multimask)
+        handle = self._require_image() if image is None else self._check_handle(image)
+        prompts = validate_prompts(handle.original_size, points, labels, boxes, mask_input, self._template.low_res_size)
         with self._lock:
-            size = self._require_image()
-            prompts = validate_prompts(size, points, labels, boxes, mask_input, self._engine.low_res_size)
-            result = self._engine.predict(prompts, bool(multimask))
+            result = self._engine_for(handle).predict(prompts, bool(multimask))
         result.info.update(self._info())
         return result
 
-    def get_image_embedding(self) -> ImageEmbeddingLike:
-        """What ``set_image`` computed, to store and restore later with :meth:`set_image_embedding`."""
-        with self._lock:
-            self._require_image()
-            return self._engine.get_image_embedding()
-
-    def set_image_embedding(self, embedding: ImageEmbeddingLike) -> None:
-        """Restore an image state taken with :meth:`get_image_embedding` (same model), without encoding."""
-        with self._lock:
-            self._image_size = self._pixels = None
-            self._engine.set_image_embedding(embedding)
-            self._image_size = tuple(int(v) for v in embedding.original_size)  # type: ignore[assignment]
-
     def everything(
         self,
-        image: ImageLike | None = None,
+        image: ImageLike | ImageHandle | None = None,
         *,
         progress: bool | ProgressCallback = False,
         **params: object,
@@ -182,8 +269,9 @@ class Predictor:
         (ultralytics without prompts, at this Predictor's ``conf`` / ``iou``); only ``output_mode``.
 
         Args:
-            image: segment this image (it becomes the image set, as :meth:`set_image`); None uses
-                the image already set (its encoding is reused).
+            image: segment this image (it becomes the image set, as :meth:`set_image`); an
+                :class:`ImageHandle` segments its image (the image set stays); None uses the image
+                already set (its encoding is reused).
             progress: True prints progress to stderr; or a callable
                 ``(points_done, points_total, crops_done, crops_total, masks_kept)`` (SAM family).
 
@@ -195,8 +283,13 @@ class Predictor:
             :class:`SegmentationResult` view (``.scores``, ``.boxes``, ``.result()``), an overlay and
             JSON output.
         """
-        options = self._engine.everything_params(params)  # bad parameters fail before any work
-        array = None if image is None else load_image(image)
+        options = self._template.everything_params(params)  # bad parameters fail before any work
+        handle: ImageHandle | None = None
+        array: npt.NDArray[np.uint8] | None = None
+        if isinstance(image, ImageHandle):
+            handle = self._check_handle(image)
+        elif image is not None:
+            array = self._load_or_clear(image)
         if progress is True:
             from fastseg.amg import StderrProgress
 
@@ -205,11 +298,109 @@ class Predictor:
             callback = progress or None
         with self._lock:
             if array is not None:
-                self._set_image_locked(array)
-            self._require_image()
-            records = self._engine.everything(options, self._pixels, callback)
+                self._current = None
+                handle = self._new_handle(lambda engine: engine.set_image(array), array)
+                self._current = handle
+            elif handle is None:
+                handle = self._require_image()
+            engine = self._engine_for(handle)
+            try:
+                records = engine.everything(options, handle.pixels, callback)
+            except BaseException:
+                self._forget(handle)  # SAM crops re-set the engine's image: do not trust its state
+                raise
         records.info.update(self._info())
         return records
+
+    # handles and engines --------------------------------------------------------------------------
+
+    def _load(self, image: ImageLike) -> npt.NDArray[np.uint8]:
+        """``load_image``, as a read-only array that the caller's array does not share."""
+        array = load_image(image)
+        if isinstance(image, np.ndarray) and np.may_share_memory(array, image):
+            array = array.copy()
+        array.flags.writeable = False
+        return array
+
+    def _load_or_clear(self, image: ImageLike) -> npt.NDArray[np.uint8]:
+        """:meth:`_load` for an image that is to become the image set: if it fails, none is set."""
+        try:
+            return self._load(image)
+        except BaseException:
+            with self._lock:
+                self._current = None
+            raise
+
+    def _require_image(self) -> ImageHandle:
+        current = self._current
+        if current is None:
+            raise RuntimeError("no image is set: call set_image(image) (or set_image_embedding) before predict")
+        return current
+
+    def _check_handle(self, image: object) -> ImageHandle:
+        if not isinstance(image, ImageHandle):
+            raise TypeError(
+                f"image must be an ImageHandle (from set_image, encode or set_image_embedding), got "
+                f"{type(image).__name__}; to segment an array or a file, use handle = predictor.encode(image)"
+            )
+        if image.model != self.model_name:
+            raise ValueError(f"this image handle was made by {image.model!r}; this predictor runs {self.model_name!r}")
+        return image
+
+    def _new_handle(self, fill: Callable[[Engine], None], pixels: npt.NDArray[np.uint8] | None) -> ImageHandle:
+        """A handle for the image state ``fill(engine)`` gives an engine; the caller holds the lock."""
+        engine = self._take_engine()
+        try:
+            fill(engine)
+            handle = ImageHandle(engine.get_image_embedding(), pixels)
+        except BaseException:
+            self._spare = engine  # engines clear their image first: nothing of it remains
+            raise
+        self._ready[handle.id] = (weakref.ref(handle), engine)
+        return handle
+
+    def _engine_for(self, handle: ImageHandle) -> Engine:
+        """The engine holding ``handle``'s image state, restored from its embedding if it was not
+        kept; the caller holds the lock."""
+        entry = self._ready.get(handle.id)
+        if entry is not None and entry[0]() is handle:
+            self._ready.move_to_end(handle.id)
+            return entry[1]
+        engine = self._take_engine()
+        try:
+            engine.set_image_embedding(handle.embedding)
+        except BaseException:
+            self._spare = engine
+            raise
+        self._ready[handle.id] = (weakref.ref(handle), engine)
+        return engine
+
+    def _take_engine(self) -> Engine:
+        """An engine for a new image state; the caller holds the lock.
+
+        One whose image no handle names any more (the others of those are dropped, with their
+        memory), else a new one while fewer than ``cached_images`` are kept, else the least recently
+        used one. Engines are reused rather than made anew: SAM's keeps its upscaling plans.
+        """
+        for key in [k for k, (ref, _) in self._ready.items() if ref() is None]:
+            self._spare = self._ready.pop(key)[1]
+        if self._spare is not None:
+            engine, self._spare = self._spare, None
+            return engine
+        if len(self._ready) < self.cached_images:
+            return self._new_engine()
+        return self._ready.popitem(last=False)[1][1]
+
+    def _forget(self, handle: ImageHandle) -> None:
+        entry = self._ready.pop(handle.id, None)
+        if entry is not None:
+            self._spare = entry[1]
+
+    @property
+    def _engine(self) -> Engine:
+        """The engine holding the image set (for tests that time an engine's steps)."""
+        with self._lock:
+            return self._template if self._current is None else self._engine_for(self._current)
 
     def _info(self) -> dict[str, str]:
         return {
