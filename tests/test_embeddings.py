@@ -6,9 +6,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from reliability_files import sam_fields
 
 import fastseg
-from fastseg.embeddings import FORMAT
 from fastseg.fastsam import FastSamImageEmbedding
 from fastseg.sam import ImageEmbedding
 
@@ -73,19 +73,6 @@ def _npz(path, **arrays):
     return path
 
 
-def _fields(**override):
-    fields = {
-        "format": np.array(FORMAT),
-        "family": np.array("sam"),
-        "model": np.array("mobile_sam"),
-        "original_size": np.array([451, 300]),
-        "input_size": np.array([1024, 681]),
-        "embedding": np.zeros((1, 256, 64, 64), np.float32),
-    }
-    fields.update(override)
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -107,32 +94,32 @@ def test_load_errors_say_what_is_wrong(tmp_path, case, message) -> None:
     if case == "garbage":
         path.write_bytes(b"this is not numpy at all\n" * 10)
     elif case == "truncated":
-        _npz(path, **_fields())
+        _npz(path, **sam_fields())
         path.write_bytes(path.read_bytes()[:5000])
     elif case == "npy":
         path = tmp_path / "e.npy"
         np.save(path, np.zeros(3))
     elif case == "pickled":
-        _npz(path, **_fields(model=np.array([{"a": 1}], dtype=object)))
+        _npz(path, **sam_fields(model=np.array([{"a": 1}], dtype=object)))
     elif case == "no format":
-        _npz(path, **_fields(format=None))
+        _npz(path, **sam_fields(format=None))
     elif case == "other format":
-        _npz(path, **_fields(format=np.array("fastseg-image-embedding/0")))
+        _npz(path, **sam_fields(format=np.array("fastseg-image-embedding/0")))
     elif case == "other family":
-        _npz(path, **_fields(family=np.array("yolo")))
+        _npz(path, **sam_fields(family=np.array("yolo")))
     elif case == "no arrays":
-        _npz(path, **_fields(family=np.array("fastsam")))
+        _npz(path, **sam_fields(family=np.array("fastsam")))
     elif case == "float64":
-        _npz(path, **_fields(embedding=np.zeros((1, 256, 64, 64))))
+        _npz(path, **sam_fields(embedding=np.zeros((1, 256, 64, 64))))
     elif case == "bad size":
-        _npz(path, **_fields(original_size=np.array([0, 300])))
+        _npz(path, **sam_fields(original_size=np.array([0, 300])))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         fastseg.load_embedding(path)
 
 
 def test_a_truncated_file_is_really_truncated(tmp_path) -> None:
     """The 'truncated' case above must fail on the zip, not on something the test did wrong."""
-    path = _npz(tmp_path / "e.npz", **_fields())
+    path = _npz(tmp_path / "e.npz", **sam_fields())
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(zipfile.BadZipFile):
         np.load(path, allow_pickle=False)
