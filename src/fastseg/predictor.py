@@ -185,10 +185,7 @@ class Predictor:
         """
         array = self._load_or_clear(image)
         with self._lock:
-            self._current = None  # a handle nobody holds any more frees its state for this image
-            handle = self._new_handle(lambda engine: engine.set_image(array), array)
-            self._current = handle
-        return handle
+            return self._set_current(lambda engine: engine.set_image(array), array)
 
     def encode(self, image: ImageLike | ImageEmbeddingLike) -> ImageHandle:
         """A handle for ``image`` (as :meth:`set_image` loads it, or an embedding of this model, e.g.
@@ -211,10 +208,7 @@ class Predictor:
         encoding, as the image set; returns its handle (without pixels). If it is refused, no image
         is set."""
         with self._lock:
-            self._current = None
-            handle = self._new_handle(lambda engine: engine.set_image_embedding(embedding), None)
-            self._current = handle
-        return handle
+            return self._set_current(lambda engine: engine.set_image_embedding(embedding), None)
 
     # prompts ------------------------------------------------------------------------------------
 
@@ -247,7 +241,7 @@ class Predictor:
         handle = self._require_image() if image is None else self._check_handle(image)
         prompts = validate_prompts(handle.original_size, points, labels, boxes, mask_input, self._template.low_res_size)
         with self._lock:
-            result = self._engine_for(handle).predict(prompts, bool(multimask))
+            result = self._engine_for(handle).predict(prompts, multimask)
         result.info.update(self._info())
         return result
 
@@ -298,9 +292,7 @@ class Predictor:
             callback = progress or None
         with self._lock:
             if array is not None:
-                self._current = None
-                handle = self._new_handle(lambda engine: engine.set_image(array), array)
-                self._current = handle
+                handle = self._set_current(lambda engine: engine.set_image(array), array)
             elif handle is None:
                 handle = self._require_image()
             engine = self._engine_for(handle)
@@ -347,15 +339,17 @@ class Predictor:
             raise ValueError(f"this image handle was made by {image.model!r}; this predictor runs {self.model_name!r}")
         return image
 
+    def _set_current(self, fill: Callable[[Engine], None], pixels: npt.NDArray[np.uint8] | None) -> ImageHandle:
+        """:meth:`_new_handle`, made the image set; the caller holds the lock. The image set is
+        cleared first, so a handle nobody holds any more frees its state, and a failure leaves none."""
+        self._current = None
+        self._current = self._new_handle(fill, pixels)
+        return self._current
+
     def _new_handle(self, fill: Callable[[Engine], None], pixels: npt.NDArray[np.uint8] | None) -> ImageHandle:
         """A handle for the image state ``fill(engine)`` gives an engine; the caller holds the lock."""
-        engine = self._take_engine()
-        try:
-            fill(engine)
-            handle = ImageHandle(engine.get_image_embedding(), pixels)
-        except BaseException:
-            self._spare = engine  # engines clear their image first: nothing of it remains
-            raise
+        engine = self._filled_engine(fill)
+        handle = ImageHandle(engine.get_image_embedding(), pixels)
         self._ready[handle.id] = (weakref.ref(handle), engine)
         return handle
 
@@ -366,13 +360,18 @@ class Predictor:
         if entry is not None and entry[0]() is handle:
             self._ready.move_to_end(handle.id)
             return entry[1]
+        engine = self._filled_engine(lambda e: e.set_image_embedding(handle.embedding))
+        self._ready[handle.id] = (weakref.ref(handle), engine)
+        return engine
+
+    def _filled_engine(self, fill: Callable[[Engine], None]) -> Engine:
+        """An engine given an image state by ``fill``; if that fails, the engine is spare again."""
         engine = self._take_engine()
         try:
-            engine.set_image_embedding(handle.embedding)
+            fill(engine)
         except BaseException:
-            self._spare = engine
+            self._spare = engine  # engines clear their image first: nothing of it remains
             raise
-        self._ready[handle.id] = (weakref.ref(handle), engine)
         return engine
 
     def _take_engine(self) -> Engine:
