@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from fastseg.paths import atomic_write
 
 
 def palette(n: int) -> npt.NDArray[np.uint8]:
@@ -52,7 +53,7 @@ def overlay(
     return blended
 
 
-def save_png(array: npt.NDArray[np.uint8] | npt.NDArray[np.bool_], path: str | Path) -> Path:
+def save_png(array: npt.NDArray[np.uint8] | npt.NDArray[np.bool_], path: str | os.PathLike[str]) -> Path:
     """Write an RGB image or a boolean mask (as 0/255 grayscale) to a PNG file, atomically (a temporary
     file renamed into place, so an interrupted write never leaves a truncated PNG)."""
     from PIL import Image
@@ -60,12 +61,6 @@ def save_png(array: npt.NDArray[np.uint8] | npt.NDArray[np.bool_], path: str | P
     path = Path(path)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(array).save(f, format="PNG")
     return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy.typing as npt
 from fastseg.engine import ImageEmbeddingLike
 from fastseg.fastsam import FastSamImageEmbedding
 from fastseg.image import check_image_size
+from fastseg.paths import atomic_write
 from fastseg.registry import REGISTRY
 from fastseg.sam import ImageEmbedding
 
@@ -88,22 +88,16 @@ def save_embedding(path: str | os.PathLike[str], embedding: ImageEmbeddingLike) 
     for name, array in arrays.items():
         if array.dtype != np.float32:
             raise ValueError(f"embedding.{name} must be float32, got {array.dtype}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                format=np.array(FORMAT),
-                family=np.array(family),
-                model=np.array(str(embedding.model)),
-                original_size=np.array(embedding.original_size, dtype=np.int64),
-                input_size=np.array(embedding.input_size, dtype=np.int64),
-                **arrays,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(
+            f,
+            format=np.array(FORMAT),
+            family=np.array(family),
+            model=np.array(str(embedding.model)),
+            original_size=np.array(embedding.original_size, dtype=np.int64),
+            input_size=np.array(embedding.input_size, dtype=np.int64),
+            **arrays,
+        )
     return path
 
 

@@ -17,12 +17,11 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from fastseg.paths import cache_dir
+from fastseg.paths import atomic_write, cache_dir
 from fastseg.registry import ModelSpec, spec_from_dict
 
 MANIFEST_NAME = "manifest.json"
@@ -186,7 +185,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
         if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(f".{MANIFEST_NAME}.")
     }
     path = folder / MANIFEST_NAME
-    _write_atomic(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    with atomic_write(path, binary=False) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -353,24 +353,8 @@ class _HashCache:
         files = dict(list(files.items())[-_HASH_CACHE_LIMIT:])
         try:
             self._path().parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self._path(), json.dumps({"version": _HASH_CACHE_VERSION, "files": files}))
+            with atomic_write(self._path(), binary=False) as f:
+                f.write(json.dumps({"version": _HASH_CACHE_VERSION, "files": files}))
         except (OSError, RuntimeError):
             pass  # an unwritable cache: the next process hashes again
         self._new = {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename (the file
-    gets the usual permissions, ``0o666`` less the umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

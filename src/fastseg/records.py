@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -18,6 +17,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.paths import atomic_write
 from fastseg.results import SegmentationResult
 from fastseg.rle import StoredMask, coco_encode_mask, coco_encode_rle, decode, masks_to_rle, rle_to_mask
 
@@ -136,14 +136,8 @@ def write_json(path: str | os.PathLike[str], records: Iterable[Record], **info: 
     """Write :func:`to_json` to ``path`` atomically (a temporary file renamed into place)."""
     path = Path(path)
     text = json.dumps(to_json(records, **info))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, binary=False) as f:
+        f.write(text)
     return path
 
 
