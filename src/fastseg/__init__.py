@@ -13,11 +13,13 @@ if TYPE_CHECKING:  # imported lazily by __getattr__ below; type checkers see the
     from fastseg.api import segment
     from fastseg.embeddings import load_embedding, save_embedding
     from fastseg.predictor import ImageHandle, Predictor
+    from fastseg.store import EmbeddingStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "EmbeddingStore",
     "ImageHandle",
     "MaskRecords",
     "ModelSpec",
@@ -41,6 +43,10 @@ def __getattr__(name: str) -> object:
         from fastseg import embeddings
 
         return getattr(embeddings, name)
+    if name == "EmbeddingStore":
+        from fastseg.store import EmbeddingStore
+
+        return EmbeddingStore
     if name == "segment":
         from fastseg.api import segment
 

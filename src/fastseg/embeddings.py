@@ -17,16 +17,19 @@ decompressed, arrays of Python objects are refused (unpickling could run code), 
 bounded (:data:`MAX_ARRAY_ELEMENTS`, :data:`fastseg.image.MAX_IMAGE_SIDE` and ``MAX_IMAGE_PIXELS``),
 so a small hostile file cannot make fastseg allocate gigabytes. The model that made the embedding is
 recorded; ``set_image_embedding`` refuses an embedding of another model and checks shapes, dtypes,
-values (finite) and sizes.
+values (finite) and sizes. :func:`save_tagged_embedding` / :func:`load_tagged_embedding` add and read
+extra string members (the embedding store, :mod:`fastseg.store`, records its keys in them).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +58,9 @@ _METADATA = ("format", "family", "model", "original_size", "input_size")
 #: Dimensions of each array (the leading one is 1): SAM ``(1, C, H, W)``; FastSAM detections
 #: ``(1, 5 + M, A)`` and protos ``(1, M, H / 4, W / 4)``.
 _NDIM = {"embedding": 4, "detections": 3, "protos": 4}
+#: Names of the extra string members of :func:`save_tagged_embedding`.
+_TAG_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_RESERVED = frozenset(_METADATA) | frozenset(_NDIM)
 
 #: At most this many elements per array: 8x a SAM embedding (1, 256, 64, 64), 2.6x FastSAM's protos
 #: at 1024 x 1024 (1, 32, 256, 256). Checked from the ``.npy`` header, before reading.
@@ -63,7 +69,8 @@ MAX_ARRAY_ELEMENTS = 1 << 23
 MAX_INPUT_SIDE = max(spec.input_size for spec in REGISTRY.values())
 #: Strings (format, family, model name) are at most this many characters.
 MAX_STRING_LENGTH = 256
-#: An embedding file has 6 or 7 members; a zip directory of more is refused before it is parsed.
+#: An embedding file has 6 or 7 members (a few more with tags, :func:`save_tagged_embedding`); a zip
+#: directory of more is refused before it is parsed.
 MAX_MEMBERS = 64
 
 
@@ -72,15 +79,31 @@ def save_embedding(path: str | os.PathLike[str], embedding: ImageEmbeddingLike) 
 
     A name without the ``.npz`` suffix gets it appended; the returned path is the file actually written.
     """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    return save_tagged_embedding(path, embedding, {})
+
+
+def save_tagged_embedding(path: Path, embedding: ImageEmbeddingLike, tags: Mapping[str, str]) -> Path:
+    """:func:`save_embedding` to exactly ``path``, with ``tags`` as extra string members (for
+    :mod:`fastseg.store`: the entry's image and model keys). :func:`load_embedding` ignores them
+    unread; :func:`load_tagged_embedding` reads them back.
+
+    Args:
+        tags: member name (lowercase letters, digits, ``_``; not one of the embedding's own) -> a
+            string of at most :data:`MAX_STRING_LENGTH` characters.
+    """
     family = next((f for f, cls in _KINDS.items() if isinstance(embedding, cls)), None)
     if family is None:
         raise TypeError(
             "expected an image embedding from Predictor.get_image_embedding() "
             f"(fastseg.sam.ImageEmbedding or fastseg.fastsam.FastSamImageEmbedding), got {type(embedding).__name__}"
         )
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    for key, value in tags.items():
+        _check_tag_name(key)
+        if not isinstance(value, str) or len(value) > MAX_STRING_LENGTH:
+            raise ValueError(f"tag {key!r} must be a string of at most {MAX_STRING_LENGTH} characters, got {value!r}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     # dict[str, Any]: numpy's stub checks **arrays against np.savez's `allow_pickle: bool` keyword too.
@@ -88,6 +111,7 @@ def save_embedding(path: str | os.PathLike[str], embedding: ImageEmbeddingLike) 
     for name, array in arrays.items():
         if array.dtype != np.float32:
             raise ValueError(f"embedding.{name} must be float32, got {array.dtype}")
+    arrays.update({key: np.array(value) for key, value in tags.items()})
     with atomic_write(path) as f:
         np.savez(
             f,
@@ -112,6 +136,16 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbeddingLike:
         ValueError: not an embedding file, or one with a member of the wrong kind, shape or size
             (the message names the member, what it holds and what was expected).
     """
+    return load_tagged_embedding(path, ())[0]
+
+
+def load_tagged_embedding(
+    path: str | os.PathLike[str], tags: tuple[str, ...]
+) -> tuple[ImageEmbeddingLike, dict[str, str]]:
+    """:func:`load_embedding`, and the string members ``tags`` written by :func:`save_tagged_embedding`
+    (read as defensively as the rest); a missing tag is a ``ValueError``."""
+    for key in tags:
+        _check_tag_name(key)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image embedding file at {path}")
@@ -123,10 +157,21 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbeddingLike:
                 raise ValueError(f"{not_ours} (a single .npy array, not an .npz)")
             _check_zip_directory(f, not_ours)
         with zipfile.ZipFile(path) as archive:
-            return _read_embedding(archive, path, not_ours)
+            embedding = _read_embedding(archive, path, not_ours)
+            missing = [key for key in tags if key + ".npy" not in archive.namelist()]
+            if missing:
+                raise ValueError(f"{path}: it lacks the tags {missing}")
+            return embedding, {key: _read_string(archive, key, path) for key in tags}
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
         # NotImplementedError: an unsupported compression method; RuntimeError: an encrypted member.
         raise ValueError(f"{not_ours} (not a readable .npz: {exc})") from exc
+
+
+def _check_tag_name(key: str) -> None:
+    if not isinstance(key, str) or not _TAG_NAME.fullmatch(key) or key in _RESERVED:
+        raise ValueError(
+            f"a tag name is lowercase letters, digits and '_' (not one of {sorted(_RESERVED)}), got {key!r}"
+        )
 
 
 def _check_zip_directory(f: IO[bytes], not_ours: str) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from fastseg.backends import Backend, Precision, open_session
+from fastseg.backends import Backend, Precision, _outside_fastseg, open_session
 from fastseg.engine import Engine, ImageEmbeddingLike, ProgressCallback, SessionWrapper
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, FastSamImageEmbedding
 from fastseg.image import ImageLike, load_image
@@ -24,6 +24,7 @@ from fastseg.prompts import check_flag, validate_prompts
 from fastseg.records import MaskRecords
 from fastseg.results import SegmentationResult
 from fastseg.sam import ImageEmbedding
+from fastseg.store import EmbeddingStore, StoreWarning, image_key, model_key
 
 _handle_ids = itertools.count(1)
 
@@ -101,6 +102,13 @@ class Predictor:
         cached_images: how many images' decoder-side state to keep ready (default 4; each is a few
             MB for the SAM family, up to tens of MB for FastSAM). States of images whose handles are
             all gone are reused at once, so one-image-at-a-time use keeps one.
+        store: an :class:`~fastseg.store.EmbeddingStore` (or its folder, opened or created as one):
+            :meth:`set_image`, :meth:`encode` and :meth:`everything` given an image look its
+            embedding up there first (keyed by the pixels and by this model, backend and precision);
+            a hit skips the encoder, a miss encodes and stores. Embeddings passed in are not stored.
+            :attr:`store_hits` and :attr:`store_misses` count the lookups. A store entry that
+            cannot be used, or an embedding that cannot be stored, costs a
+            :class:`~fastseg.store.StoreWarning` and an encoder run, never an error.
 
     Example:
         >>> p = Predictor("models/mobile_sam")
@@ -120,6 +128,7 @@ class Predictor:
         iou: float = DEFAULT_IOU,
         session_wrapper: SessionWrapper | None = None,
         cached_images: int = 4,
+        store: EmbeddingStore | str | Path | None = None,
     ) -> None:
         if isinstance(cached_images, bool) or not isinstance(cached_images, int) or cached_images < 1:
             raise ValueError(f"cached_images must be a positive int, got {cached_images!r}")
@@ -146,6 +155,17 @@ class Predictor:
             )
         #: How many images' decoder-side state the Predictor keeps ready for their handles.
         self.cached_images = cached_images
+        #: The embedding store images are looked up in (None: no store).
+        self.store: EmbeddingStore | None = (
+            store if store is None or isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+        )
+        #: This model's key in the store (:func:`fastseg.store.model_key`), or None without a store.
+        self.store_model_key: str | None = (
+            None if self.store is None else model_key(self.folder, backend, self.precision)
+        )
+        #: Images found in the store (the encoder did not run), and images encoded with a store set.
+        self.store_hits = 0
+        self.store_misses = 0
         self._new_engine: Callable[[], Engine]
         if self.folder.family == "sam":
             from fastseg.sam import SamEngine
@@ -184,8 +204,11 @@ class Predictor:
             another thread sets meanwhile. If loading or encoding fails, no image is set.
         """
         array = self._load_or_clear(image)
+        trip = _StoreTrip(self, array)
         with self._lock:
-            return self._set_current(lambda engine: engine.set_image(array), array)
+            handle = self._set_current(trip.fill, array)
+        trip.finish()
+        return handle
 
     def encode(self, image: ImageLike | ImageEmbeddingLike) -> ImageHandle:
         """A handle for ``image`` (as :meth:`set_image` loads it, or an embedding of this model, e.g.
@@ -195,8 +218,11 @@ class Predictor:
             with self._lock:
                 return self._new_handle(lambda engine: engine.set_image_embedding(embedding), None)
         array = self._load(image)
+        trip = _StoreTrip(self, array)
         with self._lock:
-            return self._new_handle(lambda engine: engine.set_image(array), array)
+            handle = self._new_handle(trip.fill, array)
+        trip.finish()
+        return handle
 
     def get_image_embedding(self) -> ImageEmbeddingLike:
         """What ``set_image`` computed, to store and restore later with :meth:`set_image_embedding`
@@ -290,17 +316,22 @@ class Predictor:
             callback: ProgressCallback | None = StderrProgress()
         else:
             callback = progress or None
-        with self._lock:
-            if array is not None:
-                handle = self._set_current(lambda engine: engine.set_image(array), array)
-            elif handle is None:
-                handle = self._require_image()
-            engine = self._engine_for(handle)
-            try:
-                records = engine.everything(options, handle.pixels, callback)
-            except BaseException:
-                self._forget(handle)  # SAM crops re-set the engine's image: do not trust its state
-                raise
+        trip = None if array is None else _StoreTrip(self, array)
+        try:
+            with self._lock:
+                if trip is not None:
+                    handle = self._set_current(trip.fill, array)
+                elif handle is None:
+                    handle = self._require_image()
+                engine = self._engine_for(handle)
+                try:
+                    records = engine.everything(options, handle.pixels, callback)
+                except BaseException:
+                    self._forget(handle)  # SAM crops re-set the engine's image: do not trust its state
+                    raise
+        finally:
+            if trip is not None:
+                trip.finish()  # the encoding is good even if the everything run failed
         records.info.update(self._info())
         return records
 
@@ -408,3 +439,64 @@ class Predictor:
             "backend": self.backend,
             "precision": self.precision,
         }
+
+
+class _StoreTrip:
+    """One image's way through the Predictor's store. Made without the Predictor's lock, it hashes
+    the pixels and reads the entry; :meth:`fill` gives an engine the image's state under the lock
+    (the stored embedding, else the encoder's); :meth:`finish` stores what was encoded, without the
+    lock. Without a store, :meth:`fill` encodes and :meth:`finish` does nothing."""
+
+    def __init__(self, predictor: Predictor, array: npt.NDArray[np.uint8]) -> None:
+        self.predictor = predictor
+        self.array = array
+        self.store, self.model_key = predictor.store, predictor.store_model_key
+        self.image_key: str | None = None
+        self.stored: ImageEmbeddingLike | None = None
+        self.encoded: ImageEmbeddingLike | None = None
+        if self.store is not None and self.model_key is not None:
+            self.image_key = image_key(array)
+            size = (int(array.shape[0]), int(array.shape[1]))
+            self.stored = self.store.get(self.image_key, self.model_key, model=predictor.model_name, original_size=size)
+
+    def fill(self, engine: Engine) -> None:
+        """Give ``engine`` the image's state; the caller holds the Predictor's lock."""
+        if self.image_key is None:
+            engine.set_image(self.array)
+            return
+        if self.stored is not None:
+            try:
+                engine.set_image_embedding(self.stored)
+            except ValueError as exc:  # e.g. NaNs: a damaged entry that records the right keys
+                warnings.warn(
+                    f"the stored embedding of this image is refused ({exc}); it is encoded again and replaced",
+                    StoreWarning,
+                    stacklevel=_outside_fastseg(),
+                )
+            else:
+                self.predictor.store_hits += 1
+                return
+        engine.set_image(self.array)
+        self.predictor.store_misses += 1
+        self.encoded = engine.get_image_embedding()
+
+    def finish(self) -> None:
+        """Store the embedding :meth:`fill` encoded, if any; a failure to store only warns."""
+        encoded, self.encoded = self.encoded, None
+        if self.store is None or self.model_key is None or self.image_key is None or encoded is None:
+            return
+        p = self.predictor
+        about = {
+            "backend": p.backend,
+            "precision": p.precision,
+            "weights": p.folder.weights,
+            "folder": str(p.folder.path),
+        }
+        try:
+            self.store.put(self.image_key, self.model_key, encoded, about)
+        except OSError as exc:
+            warnings.warn(
+                f"could not store the embedding in {self.store.root} ({exc}); it is kept in memory only",
+                StoreWarning,
+                stacklevel=_outside_fastseg(),
+            )
