@@ -128,3 +128,34 @@ def test_full_predict_without_torch_on_a_real_export(name: str, exported_model, 
     for backend in ("openvino", "onnxruntime"):
         masks_shape = out["shapes"][f"{name}/{backend}"][0]
         assert masks_shape[1:] == [300, 451]
+
+
+def test_folders_without_torch_or_ray(tiny_sam_folder, photos, tmp_path: Path) -> None:
+    """``fastseg embed`` into a store, a Predictor reading it, and ``fastseg batch`` to COCO RLE need
+    none of the forbidden packages, nor Ray (an extra used only with --ray)."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, image in photos.items():
+        Image.fromarray(image).resize((200, 150)).save(folder / f"{name}.png")
+    out = _run(
+        _blocker().replace('FORBIDDEN = (', 'FORBIDDEN = ("ray", ')
+        + textwrap.dedent(
+            f"""
+            import fastseg
+            import fastseg.cli
+            from fastseg.cli import main
+            fastseg.cli._add_plugin_commands = lambda sub: None  # `export` and `bench` are other packages
+            folder, model, tmp = {str(folder)!r}, {str(tiny_sam_folder)!r}, {str(tmp_path)!r}
+            assert main(["embed", folder, "--model", model, "--store", tmp + "/store", "--no-progress"]) == 0
+            predictor = fastseg.Predictor(model, store=tmp + "/store")
+            predictor.set_image(folder + "/chelsea.png")
+            args = ["batch", folder, "--model", model, "--out", tmp + "/coco.json", "--no-progress"]
+            assert main(args + ["--points-per-side", "4"]) == 0
+            report(hits=predictor.store_hits)
+            """
+        )
+    )
+    assert out["loaded"] == [] and out["attempts"] == []
+    assert out["hits"] == 1

@@ -153,6 +153,136 @@ def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) 
     return 0
 
 
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``embed`` and ``batch``."""
+    p.add_argument("folder", type=Path, help="folder of images (subfolders included)")
+    p.add_argument("--model", required=True, type=Path, help="model folder written by `fastseg export`")
+    p.add_argument("--backend", choices=BACKENDS, default="openvino")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32")
+    p.add_argument("--threads", type=int, help="inference threads per worker (default: all cores; Ray: cores / actors)")
+    p.add_argument("--no-cache", action="store_true", help="compile without OpenVINO's compiled-model cache")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray (pip install 'fastseg[ray]'): a local instance, or the cluster at ADDRESS (e.g. auto)",
+    )
+    p.add_argument("--actors", type=int, help="--ray: number of actors, one Predictor each (default: one per machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _job(args: argparse.Namespace, task: str, everything: dict[str, float] | None = None) -> Any:
+    from fastseg.batch import JobConfig
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    return JobConfig(
+        folder=str(args.folder),
+        model=str(args.model),
+        task=task,  # type: ignore[arg-type]
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        cache=not args.no_cache,
+        store=None if args.store is None else str(args.store),
+        conf=getattr(args, "conf", DEFAULT_CONF),
+        iou=getattr(args, "iou", DEFAULT_IOU),
+        everything=tuple(sorted((everything or {}).items())),
+        tolerance=getattr(args, "tolerance", 1.0),
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from fastseg.batch import run_embed
+
+    summary = run_embed(_job(args, "embed"), ray=args.ray, actors=args.actors, progress=not args.no_progress)
+    for line in summary.lines():
+        print(line)
+    return 130 if summary.interrupted else 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from fastseg.batch import read_prompt_input, run_batch
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues an earlier run and --overwrite starts again: give one of them")
+    if args.tolerance < 0:
+        raise ValueError(f"--tolerance is a distance in pixels, at least 0; got {args.tolerance}")
+    params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
+    given = None
+    if args.prompts is not None:
+        if params:
+            raise ValueError("everything-mode options apply without --prompts; drop them or --prompts")
+        given = read_prompt_input(args.prompts, args.folder, args.names)
+    elif args.names is not None:
+        raise ValueError("--names gives the class names of YOLO --prompts; it needs --prompts")
+    config = _job(args, "everything" if given is None else "prompts", params)
+    summary = run_batch(
+        config,
+        args.out,
+        args.format,
+        segmentation=args.segmentation,
+        prompts=None if given is None else given.prompts,
+        categories=None if given is None else given.categories,
+        images=None if given is None else given.images,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        ray=args.ray,
+        actors=args.actors,
+        progress=not args.no_progress,
+    )
+    for line in summary.lines():
+        print(line)
+    return 130 if summary.interrupted else 0
+
+
+def _add_folder_commands(sub: Any) -> None:
+    em = sub.add_parser(
+        "embed",
+        help="encode every image of a folder into an embedding store (resumable)",
+        description="Encode every image of FOLDER (and its subfolders) into the embedding store --store; "
+        "images already stored are skipped, so running it again goes on where it stopped.",
+    )
+    _job_options(em)
+    em.add_argument("--store", required=True, type=Path, help="embedding store folder (made if missing)")
+    em.set_defaults(func=cmd_embed)
+
+    ba = sub.add_parser(
+        "batch",
+        help="label a folder: everything mode, or masks for the boxes/points of a COCO or YOLO file",
+        description="Segment every image of FOLDER in everything mode, or the boxes / points of --prompts "
+        "(a COCO JSON file, or a folder of YOLO txt box files), and write COCO JSON, YOLO-seg or labelme.",
+    )
+    _job_options(ba)
+    ba.add_argument("--out", required=True, type=Path, help="COCO: a .json file; yolo, labelme: a folder")
+    ba.add_argument("--format", choices=("coco", "yolo", "labelme"), default="coco", help="output format (coco)")
+    ba.add_argument(
+        "--segmentation",
+        choices=("rle", "polygons"),
+        default="rle",
+        help="COCO masks as RLE (exact, default) or polygons; yolo and labelme are polygons",
+    )
+    ba.add_argument(
+        "--tolerance", type=float, default=1.0, help="polygon simplification tolerance in pixels (default 1.0)"
+    )
+    ba.add_argument(
+        "--prompts",
+        type=Path,
+        help="boxes/points to segment: a COCO JSON file (bbox, keypoints) or a folder of YOLO txt boxes",
+    )
+    ba.add_argument("--names", help="YOLO --prompts: class names, comma-separated or a file with one per line")
+    ba.add_argument("--store", type=Path, help="embedding store: use the embeddings found there, add new ones")
+    ba.add_argument("--resume", action="store_true", help="continue an earlier run into the same --out")
+    ba.add_argument("--overwrite", action="store_true", help="start again, replacing an earlier run's --out")
+    ba.add_argument("--conf", type=float, default=DEFAULT_CONF, help=f"FastSAM confidence (default {DEFAULT_CONF})")
+    ba.add_argument("--iou", type=float, default=DEFAULT_IOU, help=f"FastSAM NMS IoU (default {DEFAULT_IOU})")
+    gen = ba.add_argument_group("everything mode, SAM family (SamAutomaticMaskGenerator parameters)")
+    for name, kind, text in EVERYTHING_OPTIONS:
+        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
+    ba.set_defaults(func=cmd_batch)
+
+
 #: Commands that other fastseg packages add through the ``fastseg.commands`` entry point group
 #: (``add_command(subparsers)``), and the extra that installs each.
 PLUGIN_COMMANDS = {"export": "export", "bench": "bench"}
@@ -219,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
     sg.set_defaults(func=cmd_segment)
 
+    _add_folder_commands(sub)
     _add_plugin_commands(sub)
     return parser
 
