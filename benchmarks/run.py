@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoints and exports (default: $FASTSEG_CACHE/bench or ~/.cache/fastseg/bench)")
     parser.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
                         help="give up on one process after this long (default 3600)")
+    parser.add_argument("--batch", action="store_true",
+                        help="run the scale benchmark instead: images/s of `fastseg embed` and `fastseg batch` on "
+                             "folders of photos, one process and Ray (its options: fastseg bench --batch --help)")
     return parser
 
 
@@ -593,8 +596,14 @@ def run(config: BenchConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fastseg bench``; returns the exit status (0 ok, 1 some path failed, 2 bad options)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--batch" in args:  # the scale benchmark, with options of its own
+        from fastseg_bench.scale import main as scale_main
+
+        args.remove("--batch")
+        return scale_main(args)
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(args)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
     return run(config)
