@@ -652,6 +652,7 @@ def _unflatten(polygons: Sequence[Sequence[float]]) -> list[npt.NDArray[np.float
 
 @dataclass
 class EmbedSummary:
+    model: str = ""
     images: int = 0
     new: int = 0
     stored_before: int = 0
@@ -661,7 +662,8 @@ class EmbedSummary:
 
     def lines(self) -> list[str]:
         rate = self.new / self.seconds if self.seconds > 0 else 0.0
-        out = [
+        out = [f"{self.model}: embed"] if self.model else []
+        out += [
             f"{self.images} images: {self.new} encoded, {self.stored_before} already in the store, "
             f"{len(self.errors)} errors; {self.seconds:.1f} s, {rate:.2f} images/s encoded"
         ]
@@ -673,6 +675,7 @@ class EmbedSummary:
 
 @dataclass
 class BatchSummary:
+    model: str = ""
     images: int = 0
     done_before: int = 0
     done_now: int = 0
@@ -689,7 +692,8 @@ class BatchSummary:
 
     def lines(self) -> list[str]:
         rate = self.done_now / self.seconds if self.seconds > 0 else 0.0
-        out = [
+        out = [f"{self.model}: batch"] if self.model else []
+        out += [
             f"{self.images} images: {self.done_now} done now, {self.done_before} done before, "
             f"{len(self.errors)} errors; {self.masks} masks; {self.seconds:.1f} s, {rate:.2f} images/s"
         ]
@@ -716,6 +720,10 @@ class BatchSummary:
                 self.vertices_max = max(self.vertices_max, int(a["vertices"]))
                 self.iou_total += float(a["polygon_iou"])
                 self.iou_min = min(self.iou_min, float(a["polygon_iou"]))
+
+
+def _model_line(name: str, weights: str, config: JobConfig) -> str:
+    return f"{name} ({weights}), {config.backend} {config.precision}"
 
 
 def _error_lines(errors: Sequence[Mapping[str, str]]) -> list[str]:
@@ -775,8 +783,11 @@ def run_embed(
 
     assert config.store is not None
     EmbeddingStore(config.store)  # a bad store folder fails before any model is loaded
+    from fastseg.manifest import load_model_folder
+
+    model = load_model_folder(config.model)
     files = list_images(config.folder) if files is None else list(files)
-    summary = EmbedSummary(images=len(files))
+    summary = EmbedSummary(model=_model_line(model.name, model.weights, config), images=len(files))
     worker = _local_worker(config, ray, actors)
     start = time.perf_counter()
     records, closer = _results(config, [Item(f) for f in files], worker, ray, actors)
@@ -842,9 +853,13 @@ def run_batch(
     else:
         files = list_images(folder)
     cats = Categories([dict(c) for c in categories] if categories else [{"id": 1, "name": "object"}])
+    from fastseg.manifest import load_model_folder
+
+    model = load_model_folder(config.model)
     info = {
         "description": "written by fastseg batch",
-        "model": Path(config.model).name,
+        "model": model.name,
+        "weights": model.weights,
         "task": config.task,
         "backend": config.backend,
         "precision": config.precision,
@@ -854,7 +869,7 @@ def run_batch(
     worker = _local_worker(config, ray, actors)
     job = {**config.job(), "format": fmt, "segmentation": segmentation}
     journal = Journal(output.journal_path, job, resume)
-    summary = BatchSummary(images=len(files))
+    summary = BatchSummary(model=_model_line(model.name, model.weights, config), images=len(files))
     todo = [f for f in files if not journal.done(f)]
     summary.done_before = len(files) - len(todo)
     empty: tuple[Mapping[str, Any], ...] = ()
