@@ -105,12 +105,12 @@ def ray_records(
         return iter(()), None
     started = not ray.is_initialized()
     if started:
-        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if address is None:
             ray.init(num_cpus=os.cpu_count() or 1, **quiet)
         else:
             ray.init(address=address, **quiet)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # fastseg's own bar counts images
     context.print_on_execution_start = False
@@ -130,11 +130,20 @@ def ray_records(
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_cpus=threads,
+        # An actor that dies is not restarted: the run stops with an error, and `--resume` goes on
+        # from the journal (restarting an actor needs its constructor's arguments kept alive by Ray).
+        max_restarts=0,
     )
 
     def records() -> Iterator[Record]:
-        for row in dataset.iter_rows():
-            yield json.loads(row["record"])
+        try:
+            for row in dataset.iter_rows():
+                yield json.loads(row["record"])
+        except ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(
+                f"the Ray run failed ({type(exc).__name__}: {first}); --resume goes on from here"
+            ) from exc
 
     def close() -> None:
         if started:
