@@ -279,14 +279,14 @@ class Worker:
             **extra,
         }
         if self.config.polygons:
-            from fastseg.polygons import mask_to_polygons, polygon_iou
+            from fastseg.polygons import mask_to_polygons_with_stats
 
             if mask is None:
                 mask = decode([dict(rle)])[0]
-            polygons = mask_to_polygons(mask, tolerance=self.config.tolerance)
+            polygons, stats = mask_to_polygons_with_stats(mask, tolerance=self.config.tolerance)
             annotation["polygons"] = [[round(float(v), 2) for v in poly.ravel()] for poly in polygons]
-            annotation["vertices"] = int(sum(len(poly) for poly in polygons))
-            annotation["polygon_iou"] = round(polygon_iou(polygons, mask), 5) if polygons else 0.0
+            annotation["vertices"] = int(stats.vertices)
+            annotation["polygon_iou"] = round(float(stats.iou), 5) if polygons else 0.0
         return annotation
 
 

@@ -4,8 +4,8 @@ Pure functions over JSON-able dicts and text; no model. Conventions:
 
 - Pixel coordinates are XY in COCO's continuous frame (pixel ``(r, c)`` covers ``[c, c + 1] x [r, r + 1]``),
   boxes are XYXY in pixels unless a name says XYWH (COCO's ``bbox``), sizes are ``(H, W)``.
-- Polygons come from :mod:`fastseg.polygons` (holes filled). YOLO-seg coordinates are these divided by
-  the image's width and height, as ultralytics' own COCO converter writes them.
+- Polygons come from :mod:`fastseg.polygons` (holes joined into their part as keyholes). YOLO-seg
+  coordinates are these divided by the image's width and height, as ultralytics' own COCO converter writes them.
 - Readers check what they read and raise ``ValueError`` naming the file, the entry and the problem. They
   refuse files larger than :data:`MAX_INPUT_BYTES` before parsing, since a parsed JSON document takes
   several times its size in memory.

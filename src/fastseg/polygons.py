@@ -1,22 +1,44 @@
 """Masks as polygons, for the label formats that have no masks (COCO polygons, YOLO-seg, labelme).
 
-Coordinates are XY in COCO's continuous pixel frame: pixel ``(row r, column c)`` covers the square
-``[c, c + 1] x [r, r + 1]``, its centre is ``(c + 0.5, r + 0.5)``, and every polygon of an ``(H, W)``
-mask lies within ``[0, W] x [0, H]``. A part's outline is the marching-squares contour at level 0.5
-(``skimage.measure.find_contours`` on the zero-padded mask): it runs through the middles of the pixel
-edges between the part and the background. Of the candidate frames this is the one that
-``pycocotools`` (how COCO readers rasterise polygons) turns back into exactly the traced pixels; in
-the pixel-index frame (centres on integers, the contour without the +0.5 shift) the outlines come
-back half a pixel off, wrong along the edges. ``tests/test_polygons.py`` measures both.
+**Frame.** Coordinates are XY in COCO's continuous pixel frame: pixel ``(row r, column c)`` covers the
+square ``[c, c + 1] x [r, r + 1]``, its centre is ``(c + 0.5, r + 0.5)``, and every polygon of an
+``(H, W)`` mask lies within ``[0, W] x [0, H]``. The outlines are the marching-squares contours at
+level 0.5 (``skimage.measure.find_contours`` on the zero-padded mask): they run through the middles of
+the pixel edges between the mask and the background, a single pixel becomes a diamond around its
+centre, and a part on the image border has vertices on the border. Of the candidate frames this is
+the one that ``pycocotools`` (how COCO readers rasterise polygons: ``frPyObjects`` + ``merge`` +
+``decode``, see :func:`polygons_to_mask`) turns back into exactly the traced pixels; in the
+pixel-index frame (centres on integers) the outlines come back half a pixel off.
+``tests/test_polygons.py`` measures both.
 
-A polygon cannot have holes in COCO, YOLO-seg or labelme, so holes are filled: the polygons of a
-ring are the polygons of the disc. Parts are 4-connected (two pixels touching only at a corner are
-two parts). The outlines are simplified with shapely's Douglas-Peucker (``preserve_topology=True``)
-at ``tolerance`` pixels; a part that the tolerance would shrink or grow by more than a tenth of its
-area (a thin limb, a speck) is simplified with half the tolerance, and so on down to none, so thin
-and tiny parts keep their pixels. The traced outline cuts a square pixel corner diagonally; once
-simplified, such a corner may lose its corner pixel (boxy masks; the outlines of segmentation models'
-masks are smooth). The optional dependencies (extra ``polygons``) are imported when first used.
+**Parts and holes.** A part is a 4-connected component of the mask (two pixels touching only at a
+corner are two parts; the background is 8-connected) and gives one polygon; the parts come largest
+first. COCO, YOLO-seg and labelme polygons have no holes, so a part's holes are joined into its outer
+boundary as *keyholes*: the walk round the outer boundary leaves it at the vertex closest to a hole
+(or to a hole already joined), goes round the hole and comes back along the same segment. That
+bridge is walked once each way and encloses nothing, so under the even-odd rule (pycocotools,
+OpenCV's ``fillPoly`` that ultralytics rasterises with, PIL's polygon fill that labelme uses) the
+keyholed polygon covers the part without its holes; a hole also runs the other way round than its
+outer boundary, so a nonzero-winding fill leaves it out too. Every hole adds its vertices and two
+more. This is how ultralytics joins the parts of one object (:func:`join_parts`, which accepts
+keyholed parts). A part inside a hole of another (an island) is a part of its own.
+
+**Simplification and the IoU floor.** The outer boundary and the holes of a part are simplified
+together with shapely's Douglas-Peucker (``preserve_topology=True``), so the holes stay inside their
+part and apart. At ``tolerance`` pixels first; a part that this would shrink or grow by more than a
+tenth of its area (a thin limb) is simplified with half the tolerance, and so on; parts of a few
+pixels (at most eight traced vertices, no hole) are kept as traced. Then the IoU of all the
+polygons, rasterised with pycocotools, with the mask is measured, and while it is below ``min_iou``
+(:data:`DEFAULT_MIN_IOU`) everything is simplified again at half the tolerance. Below a twentieth of
+a pixel the traced outlines are kept, and those rasterise back to exactly the mask (holes included),
+so the polygons of every mask meet any ``min_iou <= 1``. ``min_iou=None`` switches the floor off:
+the polygons at ``tolerance`` are kept whatever their IoU. Parts dropped by ``min_area`` are left
+out of the mask the floor measures against. :class:`PolygonStats` reports the vertex counts, the IoU
+and the tolerance the floor settled on.
+
+The traced outline cuts a square pixel corner diagonally; once simplified, such a corner may lose
+its corner pixel (boxy masks; the outlines of segmentation models' masks are smooth). The optional
+dependencies (extra ``polygons``) are imported when first used.
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_MIN_AREA",
+    "DEFAULT_MIN_IOU",
     "DEFAULT_TOLERANCE",
     "PolygonStats",
     "join_parts",
@@ -44,12 +67,16 @@ BoolArray = npt.NDArray[np.bool_]
 
 #: Douglas-Peucker tolerance in pixels: how far a simplified outline may stray from the traced one.
 DEFAULT_TOLERANCE = 1.0
-#: Parts whose traced outline encloses less than this many square pixels are dropped (a single
-#: pixel's outline encloses 0.5, a one-pixel-wide line of ``n`` pixels ``n - 0.5``).
+#: The IoU floor: the polygons are simplified less until their IoU with the mask reaches this.
+DEFAULT_MIN_IOU = 0.98
+#: Parts whose traced polygon encloses less than this many square pixels (holes excluded) are dropped
+#: (a single pixel's outline encloses 0.5, a one-pixel-wide line of ``n`` pixels ``n - 0.5``).
 DEFAULT_MIN_AREA = 0.0
 #: A part is simplified with a smaller tolerance when its area would change by more than this fraction.
 _MAX_AREA_CHANGE = 0.1
-#: Below this tolerance an outline is kept as traced.
+#: Parts without holes of at most this many traced vertices (a few pixels) are kept as traced.
+_TINY = 8
+#: Below this tolerance the outlines are kept as traced.
 _MIN_TOLERANCE = 0.05
 
 
@@ -58,17 +85,24 @@ class PolygonStats:
     """How well one mask's polygons stand for it.
 
     Attributes:
-        parts: number of polygons.
-        vertices: vertices of all polygons after simplification.
-        raw_vertices: vertices of the traced outlines before simplification (of the kept parts).
+        parts: number of polygons (4-connected parts of the mask).
+        vertices: vertices of all polygons (bridge vertices of the keyholes included).
+        raw_vertices: vertices of the traced, unsimplified polygons of the same parts (what
+            ``tolerance=0`` gives).
         iou: intersection over union of the mask and the polygons rasterised by pycocotools (1.0
-            when both are empty). Filled holes count against it.
+            when both are empty).
+        holes: holes joined into the polygons as keyholes.
+        tolerance: the tolerance the IoU floor settled on (the requested one, or a half, a quarter...
+            of it; 0.0 when the traced outlines were kept). Thin parts and specks may have been
+            simplified with less.
     """
 
     parts: int
     vertices: int
     raw_vertices: int
     iou: float
+    holes: int
+    tolerance: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,91 +128,309 @@ def _check_mask(mask: npt.NDArray[Any]) -> BoolArray:
     return mask
 
 
-def _trace(mask: BoolArray) -> list[FloatArray]:
-    """Outlines of the hole-filled mask's parts, ``(K, 2)`` XY each, without the closing vertex."""
+@dataclass
+class _Part:
+    """One 4-connected part as traced: rings of ``(K, 2)`` XY vertices without the closing vertex."""
+
+    shell: FloatArray
+    holes: list[FloatArray]
+    area: float  # enclosed by the shell, less the holes
+    label: int  # in the labelled, padded crop
+
+
+def _signed_area(xy: FloatArray) -> float:
+    """Shoelace area of a ring (positive for the traced outer boundaries, XY with y down)."""
+    x, y = xy[:, 0], xy[:, 1]
+    return float(x[:-1] @ y[1:] - x[1:] @ y[:-1] + x[-1] * y[0] - x[0] * y[-1]) / 2
+
+
+def _trace(mask: BoolArray) -> tuple[list[_Part], npt.NDArray[np.int32], tuple[int, int]]:
+    """The parts' outer boundaries and holes, the labels of the zero-padded crop and the crop's corner."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return []
+        return [], np.zeros((0, 0), np.int32), (0, 0)
     r0, c0 = int(rows[0]), int(cols[0])
-    crop = mask[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+    padded = np.pad(mask[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1], 1)
     ndimage = _import("scipy.ndimage")  # scikit-image's own dependency
     measure = _import("skimage.measure")
-    # Fill the holes: the background 4-connected to the zero border is the outside, the rest is filled
-    # (scipy's binary_fill_holes, faster). No background region is then enclosed, so every contour is
-    # the outer boundary of one part.
-    padded = np.pad(crop, 1)
-    background, _ = ndimage.label(~padded)
-    padded = (background != background[0, 0]).astype(np.uint8)
-    # (row, col) in the padded crop -> XY in the image frame: -1 (padding), +0.5 (pixel centres), + crop offset.
-    offset = np.array([c0 - 0.5, r0 - 0.5])
-    return [c[:-1, ::-1] + offset for c in measure.find_contours(padded, 0.5)]
-
-
-def _simplify(outlines: list[FloatArray], tolerance: float) -> list[FloatArray]:
-    if tolerance < _MIN_TOLERANCE or not outlines:
-        return outlines
-    shapely = _import("shapely")
-    raw = np.array([shapely.Polygon(o) for o in outlines], dtype=object)
-    simple = shapely.simplify(raw, tolerance, preserve_topology=True)
-    raw_area, out = shapely.area(raw), []
-    for outline, poly, area in zip(outlines, simple, raw_area):
-        t = tolerance
-        while poly.is_empty or abs(poly.area - area) > _MAX_AREA_CHANGE * area:
-            t /= 2
-            if t < _MIN_TOLERANCE:
-                break
-            poly = shapely.simplify(shapely.Polygon(outline), t, preserve_topology=True)
-        if t < _MIN_TOLERANCE or poly.geom_type != "Polygon":
-            out.append(outline)
+    labels, _ = ndimage.label(padded)  # 4-connected, as find_contours' default separates the mask
+    contours = measure.find_contours(padded.astype(np.uint8), 0.5)  # closed: the last vertex repeats the first
+    sizes = np.array([len(c) for c in contours])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rc = np.concatenate(contours)
+    # Each contour separates one part from one background region. Every vertex lies halfway between a
+    # mask pixel and a background pixel: the part is the label of one of the two.
+    first = rc[starts]
+    lo, hi = np.floor(first).astype(np.intp), np.ceil(first).astype(np.intp)
+    label_of = np.maximum(labels[lo[:, 0], lo[:, 1]], labels[hi[:, 0], hi[:, 1]])
+    # In XY (y down) a part's outer boundary has a positive shoelace area, a hole's a negative one.
+    x, y = rc[:, 1], rc[:, 0]
+    cross = np.append(x[:-1] * y[1:] - x[1:] * y[:-1], 0.0)
+    cross[starts + sizes - 1] = 0.0  # the pairs that span two contours
+    signed = np.add.reduceat(cross, starts) / 2
+    # (row, col) of the padded crop -> XY: -1 (padding), +0.5 (pixel centres), + the crop's corner
+    xy = rc[:, ::-1] + np.array([c0 - 0.5, r0 - 0.5])
+    shells: dict[int, tuple[FloatArray, float]] = {}
+    holes: dict[int, list[tuple[FloatArray, float]]] = {}
+    for start, size, label, area in zip(starts.tolist(), sizes.tolist(), label_of.tolist(), signed.tolist()):
+        ring = xy[start : start + size - 1]
+        if area > 0:
+            shells[label] = (ring, area)
         else:
-            out.append(np.asarray(poly.exterior.coords, dtype=np.float64)[:-1])
+            holes.setdefault(label, []).append((ring, -area))
+    parts = []
+    for label, (shell, area) in shells.items():
+        inner = holes.get(label, [])
+        parts.append(_Part(shell, [h for h, _ in inner], area - sum(a for _, a in inner), label))
+    return parts, labels, (r0, c0)
+
+
+def _walk(ring: FloatArray, start: int, attached: list[tuple[int, list[FloatArray]]], close: bool) -> list[FloatArray]:
+    """Pieces of the walk round ``ring`` from vertex ``start``, detouring into the ``attached`` walks
+    (``(vertex, pieces)``: a closed walk entered after that vertex, which is then repeated)."""
+    n = len(ring)
+    rot = np.roll(ring, -start, axis=0)
+    out: list[FloatArray] = []
+    prev = 0
+    for at, pieces in sorted(attached, key=lambda a: (a[0] - start) % n):
+        at = (at - start) % n
+        out.append(rot[prev : at + 1])
+        out.extend(pieces)
+        prev = at
+    out.append(rot[prev:])
+    if close:
+        out.append(rot[:1])
     return out
 
 
-def _polygons_and_raw(mask: BoolArray, tolerance: float, min_area: float) -> tuple[list[FloatArray], int]:
+def _keyhole(shell: FloatArray, holes: Sequence[FloatArray]) -> FloatArray:
+    """One polygon for a shell and its holes, joined by zero-width bridges (see the module docstring).
+
+    The holes are taken in the order of their leftmost x; each is bridged from its closest vertex to
+    the closest vertex of the shell or of a hole before it (which is where it is entered), so the
+    bridges form a tree rooted at the shell and stay short. Every bridge adds two vertices. The holes
+    run the other way round than the shell, so a nonzero-winding fill leaves them out as well.
+    """
+    if not holes:
+        return shell
+    rings = [r if (_signed_area(r) > 0) == (i == 0) else r[::-1] for i, r in enumerate([shell, *holes])]
+    shell = rings[0]
+    order = [0, *sorted(range(1, len(rings)), key=lambda i: float(rings[i][:, 0].min()))]
+    rank = np.empty(len(rings), dtype=np.int64)
+    rank[order] = np.arange(len(rings))
+    sizes = np.array([len(r) for r in rings])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    points = np.concatenate(rings)
+    rank_of = rank[np.repeat(np.arange(len(rings)), sizes)]
+    tree = _import("scipy.spatial").cKDTree(points)
+    attached: list[list[tuple[int, list[FloatArray]]]] = [[] for _ in rings]
+    for h in reversed(order[1:]):  # a hole's own attached holes come after it: walked before it
+        k = min(len(points), 8)
+        while True:
+            dist, idx = tree.query(rings[h], k=k)
+            earlier = rank_of[idx] < rank[h]
+            if earlier.any() or k == len(points):  # with every point, the shell is among them
+                break
+            k = min(len(points), 4 * k)
+        v, j = np.unravel_index(int(np.argmin(np.where(earlier, dist, np.inf))), dist.shape)
+        target = int(idx[v, j])
+        parent = int(np.searchsorted(starts, target, side="right")) - 1
+        attached[parent].append((target - int(starts[parent]), _walk(rings[h], int(v), attached[h], close=True)))
+    return np.concatenate(_walk(shell, 0, attached[0], close=False))
+
+
+def _union(rles: list[dict[str, Any]]) -> dict[str, Any]:
+    """pycocotools' union of RLEs (``merge``, as ``COCO.annToRLE`` unites an object's polygons), taken
+    a few at a time in a tree: the same union, without merging each one into an ever longer RLE."""
+    mask_api = _import("pycocotools.mask")
+    while len(rles) > 1:
+        rles = [mask_api.merge(rles[i : i + 16]) if i + 1 < len(rles) else rles[i] for i in range(0, len(rles), 16)]
+    return rles[0]
+
+
+def _rle_iou(rle: dict[str, Any], target: dict[str, Any]) -> float:
+    mask_api = _import("pycocotools.mask")
+    return float(mask_api.iou([rle], [target], [0])[0, 0])
+
+
+def _check_options(tolerance: float, min_area: float, min_iou: float | None) -> None:
     if not np.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance must be a finite number >= 0 (pixels), got {tolerance}")
     if not np.isfinite(min_area) or min_area < 0:
         raise ValueError(f"min_area must be a finite number >= 0 (square pixels), got {min_area}")
-    outlines = _trace(_check_mask(mask))
-    areas = [_area(o) for o in outlines]
-    kept = [i for i, a in enumerate(areas) if a > 0 and a >= min_area]
-    kept.sort(key=lambda i: -areas[i])  # largest first
-    outlines = [outlines[i] for i in kept]
-    polygons = [p for p in _simplify(outlines, tolerance) if len(p) >= 3]
-    return polygons, sum(len(o) for o in outlines)
+    if min_iou is not None and (not np.isfinite(min_iou) or min_iou < 0):
+        raise ValueError(f"min_iou must be a finite number >= 0 (or None: no floor), got {min_iou}")
 
 
-def _area(xy: FloatArray) -> float:
-    x, y = xy[:, 0], xy[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+@dataclass(frozen=True)
+class _Fit:
+    polygons: list[FloatArray]
+    holes: int
+    raw_vertices: int
+    tolerance: float  # the level the IoU floor settled on (0.0: as traced)
+    iou: float | None  # with the mask, if measured on the way
+
+
+def _to_shapely(shapely: Any, parts: Sequence[_Part], which: npt.NDArray[np.bool_]) -> npt.NDArray[np.object_]:
+    """Shapely polygons of the parts ``which`` selects (None for the others)."""
+    out = np.full(len(parts), None, dtype=object)
+    plain = [i for i in np.flatnonzero(which).tolist() if not parts[i].holes]
+    if plain:  # one call for the parts without holes
+        coords = np.concatenate([parts[i].shell for i in plain])
+        index = np.repeat(np.arange(len(plain)), [len(parts[i].shell) for i in plain])
+        out[plain] = shapely.polygons(shapely.linearrings(coords, indices=index))
+    for i in np.flatnonzero(which).tolist():
+        if parts[i].holes:
+            out[i] = shapely.Polygon(parts[i].shell, parts[i].holes)
+    return out
+
+
+def _from_shapely(shapely: Any, polygons: npt.NDArray[np.object_]) -> list[tuple[FloatArray, list[FloatArray]]]:
+    """Outer rings and holes of shapely polygons, ``(K, 2)`` arrays without the closing vertex."""
+    coords, index = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
+    cuts = np.flatnonzero(np.diff(index)) + 1
+    shells = [ring[:-1] for ring in np.split(coords, cuts)]
+    has_holes = shapely.get_num_interior_rings(polygons) > 0
+    holes = [
+        [np.asarray(r.coords, dtype=np.float64)[:-1] for r in p.interiors] if h else []
+        for p, h in zip(polygons, has_holes)
+    ]
+    return list(zip(shells, holes))
+
+
+def _target(
+    mask: BoolArray, parts: list[_Part], dropped: bool, labels: npt.NDArray[np.int32], corner: tuple[int, int]
+) -> BoolArray:
+    """What the IoU floor measures against: the mask, without the parts ``min_area`` dropped."""
+    if not dropped:
+        return mask
+    inside = np.isin(labels[1:-1, 1:-1], [p.label for p in parts])
+    kept = np.zeros_like(mask)
+    r0, c0 = corner
+    kept[r0 : r0 + inside.shape[0], c0 : c0 + inside.shape[1]] = inside
+    return kept
+
+
+class _Levels:
+    """The parts' polygons at the levels of simplification: level ``k`` simplifies at ``tolerance /
+    2**k``, level ``top`` keeps the traced outlines. Polygons and their RLEs are made once each."""
+
+    def __init__(self, parts: list[_Part], tolerance: float) -> None:
+        self.parts = parts
+        self.tolerances: list[float] = []
+        while tolerance / 2 ** len(self.tolerances) >= _MIN_TOLERANCE:
+            self.tolerances.append(tolerance / 2 ** len(self.tolerances))
+        self.top = len(self.tolerances)
+        self.area = np.array([p.area for p in parts])
+        # shapes[i][k]: part i's keyholed polygon at level k, None if that level changes its area too much
+        self.shapes: list[dict[int, FloatArray | None]] = [{} for _ in parts]
+        self.rles: list[dict[int, dict[str, Any]]] = [{} for _ in parts]
+        # Parts of a few pixels (no holes, at most _TINY vertices) stay as traced: nothing to gain.
+        self.level = np.array([0 if p.holes or len(p.shell) > _TINY else self.top for p in parts], dtype=np.int64)
+        self.shapely = _import("shapely") if self.top else None
+        self.raw = _to_shapely(self.shapely, parts, self.level < self.top) if self.shapely else None
+
+    def polygons(self, k: int) -> list[FloatArray]:
+        """One polygon per part, each simplified at level ``k`` or, where that changes the part's
+        area by more than ``_MAX_AREA_CHANGE``, at the first level after ``k`` that does not."""
+        self.level = np.maximum(self.level, k)
+        while True:
+            for lv in np.unique(self.level).tolist():
+                todo = np.array([i for i in np.flatnonzero(self.level == lv) if lv not in self.shapes[i]], np.intp)
+                if todo.size:
+                    self._simplify(todo, lv)
+            failed = [i for i, lv in enumerate(self.level.tolist()) if self.shapes[i][lv] is None]
+            if not failed:
+                break
+            self.level[failed] += 1
+        return [p for i, lv in enumerate(self.level.tolist()) if (p := self.shapes[i][lv]) is not None]
+
+    def _simplify(self, todo: npt.NDArray[np.intp], lv: int) -> None:
+        if lv == self.top:
+            for i in todo.tolist():
+                self.shapes[i][lv] = _keyhole(self.parts[i].shell, self.parts[i].holes)
+            return
+        shapely, raw, area = self.shapely, self.raw, self.area[todo]
+        assert shapely is not None and raw is not None
+        simple = shapely.simplify(raw[todo], self.tolerances[lv], preserve_topology=True)
+        keep = (shapely.get_type_id(simple) == 3) & (np.abs(shapely.area(simple) - area) <= _MAX_AREA_CHANGE * area)
+        for i in todo[~keep].tolist():
+            self.shapes[i][lv] = None
+        for i, rings in zip(todo[keep].tolist(), _from_shapely(shapely, simple[keep])):
+            self.shapes[i][lv] = _keyhole(*rings)
+
+    def union(self, size: tuple[int, int]) -> dict[str, Any]:
+        """The RLE of the polygons :meth:`polygons` gave last, as pycocotools rasterises them."""
+        levels = self.level.tolist()
+        new = [i for i, lv in enumerate(levels) if lv not in self.rles[i]]
+        if new:
+            flat = [self.shapes[i][levels[i]].ravel().tolist() for i in new]  # type: ignore[union-attr]
+            for i, rle in zip(new, _import("pycocotools.mask").frPyObjects(flat, *size)):
+                self.rles[i][levels[i]] = rle
+        return _union([self.rles[i][lv] for i, lv in enumerate(levels)])
+
+
+def _fit(mask: BoolArray, tolerance: float, min_area: float, min_iou: float | None) -> _Fit:
+    _check_options(tolerance, min_area, min_iou)
+    mask = _check_mask(mask)
+    traced, labels, corner = _trace(mask)
+    parts = sorted((p for p in traced if p.area > 0 and p.area >= min_area), key=lambda p: -p.area)  # largest first
+    if not parts:
+        return _Fit([], 0, 0, 0.0, None)
+    holes = sum(len(p.holes) for p in parts)
+    raw_vertices = sum(len(p.shell) + sum(len(r) + 2 for r in p.holes) for p in parts)
+    levels = _Levels(parts, tolerance)
+    if min_iou is None or not levels.top:  # no floor, or nothing to simplify
+        return _Fit(levels.polygons(0), holes, raw_vertices, levels.tolerances[0] if levels.top else 0.0, None)
+    dropped = len(parts) < len(traced)
+    target = _target(mask, parts, dropped, labels, corner)
+    target_rle = _import("pycocotools.mask").encode(np.asfortranarray(target.astype(np.uint8)))
+    for k in range(levels.top + 1):
+        polygons = levels.polygons(k)
+        iou = _rle_iou(levels.union(mask.shape), target_rle)
+        if iou >= min_iou or k == levels.top:
+            settled = levels.tolerances[k] if k < levels.top else 0.0
+            return _Fit(polygons, holes, raw_vertices, settled, None if dropped else iou)
+    raise AssertionError("unreachable: the traced level returns")
 
 
 def mask_to_polygons(
-    mask: BoolArray, tolerance: float = DEFAULT_TOLERANCE, min_area: float = DEFAULT_MIN_AREA
+    mask: BoolArray,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_area: float = DEFAULT_MIN_AREA,
+    min_iou: float | None = DEFAULT_MIN_IOU,
 ) -> list[FloatArray]:
-    """The outer boundaries of a mask's parts as polygons.
+    """A mask's parts as polygons, holes joined in as keyholes, simplified down to an IoU floor.
 
     Args:
         mask: ``(H, W)`` bool.
         tolerance: simplification tolerance in pixels (0 keeps the traced outlines).
-        min_area: parts whose traced outline encloses less (square pixels) are dropped.
+        min_area: parts whose traced polygon encloses less (square pixels, holes excluded) are dropped.
+        min_iou: the IoU floor: while the polygons' IoU with the mask (its parts of at least
+            ``min_area``) is below it, they are simplified again at half the tolerance, down to the
+            traced outlines (IoU 1.0): a number >= 0, above 1 always the traced outlines. ``None``:
+            simplify at ``tolerance`` only.
 
     Returns:
-        One ``(K, 2)`` float64 array of XY vertices per part, ``K >= 3``, without a repeated closing
-        vertex, in the COCO pixel frame (see the module docstring), largest part first. Holes are
-        filled. An empty mask gives ``[]``; a single pixel gives a 4-vertex diamond around it.
+        One ``(K, 2)`` float64 array of XY vertices per 4-connected part, ``K >= 3``, without a
+        repeated closing vertex, in the COCO pixel frame (see the module docstring), largest part
+        first. A part with holes is one keyholed polygon (two more vertices per hole). An empty mask
+        gives ``[]``; a single pixel a 4-vertex diamond around it.
     """
-    return _polygons_and_raw(mask, tolerance, min_area)[0]
+    return _fit(mask, tolerance, min_area, min_iou).polygons
 
 
 def mask_to_polygons_with_stats(
-    mask: BoolArray, tolerance: float = DEFAULT_TOLERANCE, min_area: float = DEFAULT_MIN_AREA
+    mask: BoolArray,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_area: float = DEFAULT_MIN_AREA,
+    min_iou: float | None = DEFAULT_MIN_IOU,
 ) -> tuple[list[FloatArray], PolygonStats]:
-    """:func:`mask_to_polygons` and its :class:`PolygonStats` (vertex counts, IoU against ``mask``)."""
-    polygons, raw = _polygons_and_raw(mask, tolerance, min_area)
-    stats = PolygonStats(len(polygons), sum(len(p) for p in polygons), raw, polygon_iou(polygons, mask))
-    return polygons, stats
+    """:func:`mask_to_polygons` and its :class:`PolygonStats` (vertex counts, IoU with ``mask``)."""
+    fit = _fit(mask, tolerance, min_area, min_iou)
+    iou = polygon_iou(fit.polygons, mask) if fit.iou is None else fit.iou
+    vertices = sum(len(p) for p in fit.polygons)
+    return fit.polygons, PolygonStats(len(fit.polygons), vertices, fit.raw_vertices, iou, fit.holes, fit.tolerance)
 
 
 def _check_polygons(polygons: Sequence[npt.ArrayLike]) -> list[FloatArray]:
@@ -201,9 +453,7 @@ def _polygons_rle(polygons: Sequence[npt.ArrayLike], size: tuple[int, int]) -> d
     checked = _check_polygons(polygons)
     if not checked:
         return None
-    mask_api = _import("pycocotools.mask")
-    rle: dict[str, Any] = mask_api.merge(mask_api.frPyObjects([p.ravel().tolist() for p in checked], h, w))
-    return rle
+    return _union(_import("pycocotools.mask").frPyObjects([p.ravel().tolist() for p in checked], h, w))
 
 
 def polygons_to_mask(polygons: Sequence[npt.ArrayLike], size: tuple[int, int]) -> BoolArray:
