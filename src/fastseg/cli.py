@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.set_defaults(func=cmd_segment)
 
     _add_folder_commands(sub)
+    from fastseg.label.cli import add_label_command  # argparse only: fastapi is imported when it serves
+
+    add_label_command(sub)
     _add_plugin_commands(sub)
     return parser
 
