@@ -363,17 +363,25 @@ def _fmt(value: float | None) -> str:
 
 def render_markdown(results: Sequence[dict[str, Any]], machine: dict[str, Any], options: dict[str, Any]) -> str:
     caps = machine.get("openvino_cpu", {}).get("optimization_capabilities")
+    shown = ""
+    if results:
+        grids = [c.get("grid") for c in results[0]["clicks"] if c.get("grid")]
+        scale = results[0].get("view_scale")
+        if scale:
+            shown = f" The photo is shown at {scale:.0%}"
+            shown += f"; a click's mask is sent on a {grids[0][1]}x{grids[0][0]} grid." if grids else "."
     lines = [
         "### `fastseg label`: click to mask and next image, in the browser",
         "",
         f"Host: {machine_line(machine)}; OpenVINO CPU capabilities: {', '.join(caps) if caps else 'unknown'}.",
         f"Versions: {versions_line(machine)}; Chromium {results[0]['chromium'] if results else '?'} headless"
-        f" (software rendering), viewport {options['viewport'][0]}x{options['viewport'][1]}.",
+        f" (software rendering), viewport {options['viewport'][0]}x{options['viewport'][1]}.{shown}",
         f"Photo {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} (JPEG); {options['clicks']} clicks at varied points, each a fresh "
         f"prompt (after {WARMUP_CLICKS} warm-up clicks), {options['switches']} moves (n/p) to pre-encoded images. "
         "Click: from the click event to the frame with the mask painted; server: the server's time for the "
         "request (of which predict: `Predictor.predict`); request: as the page saw it (server + HTTP + parsing); "
-        "page: decoding and drawing the mask before the frame. Medians (p90 in parentheses).",
+        "page: decoding and drawing the mask before the frame; bytes: the answer's size. Next image: from the key "
+        "press to the frame with the image painted. Medians (p90 in parentheses).",
         "",
         "| model | weights | precision | click ms | server ms | predict ms | request ms | page ms | bytes "
         "| next image ms |",

@@ -11,13 +11,27 @@ with a 4xx status, never a stack trace):
   anything else as PNG), so page pixels are model pixels.
 - ``POST /api/images/{index}/open``: encode the image (store, memory or encoder) and start encoding
   the next ones in the background.
-- ``POST /api/predict``: masks for prompts; ``POST /api/images/{index}/everything``: proposals.
+- ``POST /api/predict``: masks for prompts (see below); ``GET
+  /api/predictions/{prompt_id}/candidates/{i}?scale=s``: one candidate of a kept prediction as the
+  page draws it; ``POST /api/images/{index}/everything``: proposals.
 - ``POST|GET /api/images/{index}/instances``, ``PATCH|DELETE /api/instances/{id}``,
   ``POST /api/instances/{id}/restore``, ``POST /api/images/{index}/state``.
 - ``POST /api/export``; ``GET /api/export/coco.json``.
 
 Masks go both ways as ``{"size": [H, W], "counts": [...]}`` with row-major run lengths
-(:func:`fastseg.label.session.mask_to_runs`).
+(:func:`fastseg.label.session.mask_to_runs`), at the image's resolution: instances, proposals, and
+the candidates of ``/api/predict`` by default.
+
+What the page draws for a click is sent compactly instead: a predict request with ``"view":
+{"scale": s, "candidates": "best" | "all"}`` (``s``: screen pixels per image pixel, as the page shows
+the image) gets every candidate's score, box and area, and the mask of the best one only (or of
+all) as ``"view": {"size": [h, w], "image": [H, W], "runs": base64}``: the mask on a grid of about
+one cell per screen pixel (``h = ceil(H * min(s, 1))``, a cell set if any pixel under it is;
+:func:`fastseg.label.session.mask_view`), its run lengths as LEB128 varints in base64. The page
+fetches the other candidates after the mask is drawn (for Tab), and asks again at the finer grid
+when the view is zoomed in past it. Only the drawing is approximate: the server keeps the
+Predictor's full-resolution masks of the latest predictions, and an accepted instance (and so every
+export) is exactly ``Predictor.predict``'s mask.
 
 Safety: requests must name this server in ``Host`` (127.0.0.1, localhost or [::1] when bound to a
 loopback address; the bound name otherwise), which defeats DNS rebinding; state-changing requests

@@ -16,7 +16,10 @@ Predictor at once, rather than queued behind the background work. Each image's
 dropped and come back from the store (a read, no encoder run) when opened again.
 
 Masks travel to the page as row-major run lengths (:func:`mask_to_runs`): ``[zeros, ones, zeros,
-...]`` over the mask's pixels in reading order, starting with a (possibly empty) run of zeros.
+...]`` over the mask's pixels in reading order, starting with a (possibly empty) run of zeros. The
+mask of a click travels as the page draws it (:func:`mask_view`): pooled to about one cell per
+screen pixel (:func:`view_size`, :func:`pool_mask`), its run lengths as varints
+(:func:`encode_varints`) in base64; the full-resolution masks stay here for an accept.
 """
 
 from __future__ import annotations
@@ -210,15 +213,18 @@ def _pool_box(mask: npt.NDArray[np.bool_], grid: tuple[int, int], box: Sequence[
     mask, or None to find it); the other cells are empty."""
     if box is None:
         box = mask_box(mask)
-    out = np.zeros(grid, dtype=bool)
     if box is None:
-        return out
+        return np.zeros(grid, dtype=bool)
     (big_h, big_w), (h, w) = mask.shape, grid
     x1, y1, x2, y2 = (int(v) for v in box)
     # the cells over rows y1 .. y2 - 1 (cell v covers floor(v * H / h) .. floor((v + 1) * H / h) - 1)
     v0, v1 = _cell(y1, big_h, h), _cell(y2 - 1, big_h, h) + 1
     u0, u1 = _cell(x1, big_w, w), _cell(x2 - 1, big_w, w) + 1
-    out[v0:v1, u0:u1] = _pool_cells(mask, grid, (v0, v1), (u0, u1))
+    pooled = _pool_cells(mask, grid, (v0, v1), (u0, u1))
+    if pooled.shape == grid:
+        return pooled
+    out = np.zeros(grid, dtype=bool)
+    out[v0:v1, u0:u1] = pooled
     return out
 
 
