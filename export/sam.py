@@ -337,7 +337,7 @@ def attend_image_to_tokens(
     """``attention(q=q, k=k, v=v)`` for N image queries ``(1 or B, N, C)`` over T token keys / values ``(B, T, C)``,
     with the image-side projections folded into the token side.
 
-    Scores: ``(Wq_h x + bq_h) . k_h = x . (Wq_h^T k_h) + bq_h . k_h`` (a ``(C, T)`` matrix and a ``(T,)`` row per
+    Scores: ``(Wq_h x + bq_h) . k_h = x . (Wq_h^T k_h) + bq_h . k_h`` (a ``(T, C)`` matrix and a ``(T,)`` row per
     head instead of projecting the N x C queries), or from ``projected_q`` (``q_proj(q)``, ``(1, N, I)``, computed
     once per image by ``decoder_image``). Output: ``out_proj(concat_h a_h v_h) = sum_h a_h (v_h Wo_h^T) + bo``,
     a ``(T, C)`` matrix per head instead of projecting the N x I mixture.
@@ -351,19 +351,22 @@ def attend_image_to_tokens(
     if projected_q is None:
         assert q is not None
         wq, bq = _per_head(attention.q_proj, heads)  # (H, d, C), (H, d)
-        image_side = (wq.transpose(1, 2) @ k_heads.transpose(2, 3)) / math.sqrt(d)  # (B, H, C, T)
+        image_side = (k_heads @ wq) / math.sqrt(d)  # (B, H, T, C)
         offset = (k_heads @ bq[:, :, None]) / math.sqrt(d)  # (B, H, T, 1)
-        scores = q @ image_side.transpose(1, 2).reshape(b, -1, heads * t) + offset.reshape(b, 1, heads * t)
+        scores = image_side.reshape(b, heads * t, -1) @ q.transpose(1, 2)  # (B, H*T, N)
+        scores = scores.reshape(b, heads, t, -1) + offset
     else:
         n = projected_q.shape[1]
         q_heads = projected_q.reshape(projected_q.shape[0], n, heads, d).transpose(1, 2)  # (1, H, N, d)
-        scores = (q_heads @ k_heads.transpose(2, 3) / math.sqrt(d)).transpose(1, 2).reshape(b, n, heads * t)
-    n = scores.shape[1]
-    attn = torch.softmax(scores.reshape(b, n, heads, t), dim=-1).reshape(b, n, heads * t)
+        scores = k_heads @ q_heads.transpose(2, 3) / math.sqrt(d)  # (B, H, T, N)
+    # the tokens' axis is not the last: a softmax over the 8 heads x T tokens of each of the N image
+    # queries runs over rows of T (< 10) numbers, which OpenVINO does ~3x slower than over the
+    # contiguous image axis (docs/PERFORMANCE.md)
+    attn = torch.softmax(scores, dim=2).reshape(b, heads * t, -1)  # (B, H*T, N)
     out_dim = attention.out_proj.weight.shape[0]
     wo = attention.out_proj.weight.reshape(out_dim, heads, d).permute(1, 2, 0)  # (H, d, C)
     token_side = (v_heads @ wo).reshape(b, heads * t, out_dim)  # (B, H*T, C)
-    return attn @ token_side + attention.out_proj.bias
+    return attn.transpose(1, 2) @ token_side + attention.out_proj.bias
 
 
 def two_way_block(

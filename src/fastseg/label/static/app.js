@@ -29,6 +29,7 @@
   const WHITE = [255, 255, 255];
   const STAGE = "#101318"; // the stage's background (style.css --canvas)
   const DRAG_THRESHOLD = 4; // CSS pixels before a press becomes a box
+  const QUIET_MS = 120; // the longest a click waits for its answer before the point is drawn alone
   const MAX_SCALE = 40;
   const MIN_SCALE = 0.02;
   const IMAGE_CACHE = 6;
@@ -967,8 +968,17 @@
     step.result = null;
     S.steps.push(step);
     predict(step, clickTime);
-    updateButtons();
-    renderNow();
+    // Nothing is drawn while the answer is on its way (up to QUIET_MS): the point appears with its mask.
+    // Where the browser and the server share a few cores, a frame drawn now (the point, the buttons:
+    // software raster and compositing) took cores from the decoder and made the answer ~17 ms slower
+    // (mobile_sam on 2 cores, benchmarks/label_latency.py). A late answer gets the point drawn at QUIET_MS.
+    step.quiet = setTimeout(() => {
+      step.quiet = 0;
+      if (!step.result && S.steps.includes(step)) {
+        updateButtons();
+        renderNow();
+      }
+    }, QUIET_MS);
   }
 
   function startRefine(inst) {
@@ -1086,6 +1096,7 @@
           delete c.view;
         });
         if (lastStep() !== step) return; // a newer click is on its way
+        clearTimeout(step.quiet);
         const unpacked = performance.now();
         S.candidate = best;
         repaintResult();
