@@ -424,7 +424,7 @@ def _viewport(text: str) -> tuple[int, int]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fastseg_bench.label_latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, type=Path, help="an exported model folder (repeat)")
-    p.add_argument("--precision", default="bf16", choices=("f32", "bf16"))
+    p.add_argument("--precision", default="bf16", choices=("f32", "bf16", "int8"))
     p.add_argument("--backend", default="openvino", choices=("openvino", "onnxruntime"))
     p.add_argument("--clicks", type=int, default=30, help="timed clicks per model (default 30)")
     p.add_argument("--switches", type=int, default=12, help="timed moves to the next/previous image (default 12)")

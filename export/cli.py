@@ -26,6 +26,11 @@ def add_command(sub: Any) -> None:
         default="f32",
         help="OpenVINO weight precision (f16 halves the files; default f32)",
     )
+    ex.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantize the image graph to INT8 with NNCF (for --precision int8; needs nncf)",
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     ex.set_defaults(func=run)
 
@@ -47,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if args.download:
         checkpoint = download_checkpoint(args.model, url=args.url)
     out = args.out or Path("models") / args.model
-    export_model(args.model, checkpoint, out, ir_precision=args.ir_precision, overwrite=args.overwrite)
+    export_model(args.model, checkpoint, out, ir_precision=args.ir_precision, int8=args.int8, overwrite=args.overwrite)
     print(out)
     return 0

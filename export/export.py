@@ -10,6 +10,9 @@ that keeps two exports to one folder apart, and SIGTERM: :mod:`fastseg_export.pl
 4. self-check: run PyTorch, ONNX Runtime and OpenVINO (inference precision pinned to f32) on a real
    photo, print the max absolute and relative error of every output, and fail beyond tolerance;
 5. write ``manifest.json`` (spec, graphs, sizes and sha256s, checkpoint sha256, self-check figures).
+
+With ``int8`` the image graph is also quantized (NNCF) and checked against the f32 one between steps 4
+and 5 (:mod:`fastseg_export.int8`).
 """
 
 from __future__ import annotations
@@ -218,6 +221,7 @@ def _export_into(
     weights_label: str | None,
     check_image: np.ndarray | None,
     log: Callable[[str], None],
+    int8: bool = False,
 ) -> str:
     """Steps 1-5 into the empty folder ``tmp``; returns how the weights are described in the manifest."""
     log(f"[1/5] loading {spec.name} from {checkpoint}")
@@ -243,6 +247,14 @@ def _export_into(
     gc.collect()
     log("[4/5] self-check against PyTorch on a real photo (OpenVINO pinned to f32)")
     report = self_check(tmp, inputs, refs, ir_precision, log)
+    quantized: dict[str, Any] | None = None
+    if int8:
+        from fastseg.manifest import INT8_FILE_KEY
+        from fastseg_export.int8 import quantize_image_graph
+
+        log("[4/5] INT8 image graph (NNCF), checked against the f32 graph on the same photo")
+        quantized = quantize_image_graph(tmp, spec, image, log)
+        entries[quantized["graph"]][INT8_FILE_KEY] = quantized["file"]
     log("[5/5] writing manifest")
     write_manifest(
         tmp,
@@ -260,6 +272,7 @@ def _export_into(
             "graphs": entries,
             "self_check": report,
             "extra": extra,
+            **({"int8": quantized} if quantized is not None else {}),
         },
     )
     return label
@@ -271,6 +284,7 @@ def export_model(
     out: str | Path,
     *,
     ir_precision: str = "f32",
+    int8: bool = False,
     overwrite: bool = False,
     weights_label: str | None = None,
     check_image: np.ndarray | None = None,
@@ -284,6 +298,8 @@ def export_model(
         checkpoint: the official checkpoint file.
         ir_precision: ``"f32"`` or ``"f16"`` (f16-compressed OpenVINO weights; computation precision is
             chosen at run time).
+        int8: also write the image graph quantized to INT8 with NNCF (``precision="int8"`` at run time;
+            :mod:`fastseg_export.int8`); needs ``nncf``.
         overwrite: replace an existing ``out``, if it is a model folder fastseg wrote (``manifest.json``
             with ``"format": "fastseg-model"``) or an empty folder; anything else is refused, untouched.
             Without it, an ``out`` that exists, or appears while the export runs, is kept and the
@@ -319,7 +335,7 @@ def export_model(
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            label = _export_into(tmp, spec, family, checkpoint, ir_precision, weights_label, check_image, log)
+            label = _export_into(tmp, spec, family, checkpoint, ir_precision, weights_label, check_image, log, int8)
             interrupted.hold = True  # placing the folder is not cut short by a signal (seen below)
             if interrupted.fired:  # a library swallowed the exception: stop all the same
                 raise interrupted.exception()

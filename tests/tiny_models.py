@@ -18,6 +18,10 @@ SAM family (:func:`build_tiny_sam`)
     set (:func:`sam_iou`). The general ``decoder`` adds
     ``mask_input * has_mask_input`` to the logits.
 
+With ``int8=True`` the folder also holds the image graph quantized, as ``fastseg export --int8`` adds it
+(:func:`_int8_graph`): the same graph with its convolution's input and weights through int8
+QuantizeLinear / DequantizeLinear pairs (OpenVINO runs them as INT8), named under ``openvino_int8``.
+
 FastSAM (:func:`build_tiny_fastsam`)
     ``network``: ``protos`` (``(1, 32, H/4, W/4)``) holds, per 4 x 4 cell of the letterboxed input,
     ``1``, the cell centre ``X``, ``Y`` (input pixels) and ``X**2 + Y**2``, then 28 channels from a
@@ -263,6 +267,41 @@ def _sam_iou(g: _Graph, labels: str, unused: str) -> str:
     return g.op("Add", iou, unused)
 
 
+def _fake_quantized(g: _Graph, value: str, scale: float) -> str:
+    """``value`` through int8 quantize / dequantize (per tensor, zero point 0)."""
+    zero = g.const(0, np.int8)
+    return g.op("DequantizeLinear", g.op("QuantizeLinear", value, g.const(scale), zero), g.const(scale), zero)
+
+
+def _int8_weight(g: _Graph, weight: np.ndarray) -> str:
+    """A weight stored as int8 with a per-tensor scale, dequantized in the graph."""
+    scale = float(np.abs(weight).max()) / 127
+    return g.op("DequantizeLinear", g.const(np.round(weight / scale), np.int8), g.const(scale), g.const(0, np.int8))
+
+
+#: Per-tensor scales of the tiny image graphs' quantized activations (their inputs' range / 127).
+INT8_ACTIVATION_SCALE = 3.0 / 127
+
+
+def _int8_graph(folder: Path, name: str) -> None:
+    """The image graph of the family, with its 1 x 1 convolution on int8 input and weights, as ``<name>.int8.xml``."""
+    import openvino as ov
+
+    g = _Graph(name)
+    if name == "encoder":
+        image = g.input("image", [1, 3, 1024, 1024])
+        pooled = _fake_quantized(g, g.op("AveragePool", image, kernel_shape=[16, 16], strides=[16, 16]),
+                                 INT8_ACTIVATION_SCALE)
+        conv = g.op("Conv", pooled, _int8_weight(g, SAM_ENCODER_WEIGHT[:, :, None, None]), g.const(SAM_ENCODER_BIAS))
+        g.output(conv, "image_embeddings", [1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE])
+    else:
+        raise ValueError(name)
+    tmp = folder / f"{name}.int8.onnx"
+    g.save(tmp)
+    ov.save_model(ov.convert_model(str(tmp)), str(folder / f"{name}.int8.xml"), compress_to_fp16=False)
+    tmp.unlink()
+
+
 def _sam_graphs(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     emb = [1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE]
     tokens = [1, EMBED_SIZE * EMBED_SIZE, 128]
@@ -356,9 +395,15 @@ def _convert_openvino(folder: Path, graphs: dict[str, Any]) -> None:
         ov.save_model(model, str(folder / f"{name}.xml"), compress_to_fp16=False)
 
 
-def _write(folder: Path, name: str, graphs: dict[str, Any], extra: dict[str, Any]) -> Path:
+def _write(folder: Path, name: str, graphs: dict[str, Any], extra: dict[str, Any], int8: bool = False) -> Path:
     _convert_openvino(folder, graphs)
     spec = get_spec(name)
+    more: dict[str, Any] = {}
+    if int8:
+        graph = "encoder" if spec.family == "sam" else "network"
+        _int8_graph(folder, graph)
+        graphs[graph]["openvino_int8"] = f"{graph}.int8.xml"
+        more["int8"] = {"graph": graph, "file": f"{graph}.int8.xml", "method": "tiny test graph (QDQ by hand)"}
     write_manifest(
         folder,
         {
@@ -373,6 +418,7 @@ def _write(folder: Path, name: str, graphs: dict[str, Any], extra: dict[str, Any
             "ir_precision": "f32",
             "graphs": graphs,
             "extra": extra,
+            **more,
         },
     )
     return folder
@@ -385,11 +431,11 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_sam(folder: Path, name: str = "mobile_sam") -> Path:
-    """Write a tiny SAM-family model folder registered as ``name``; returns the folder."""
+def build_tiny_sam(folder: Path, name: str = "mobile_sam", int8: bool = False) -> Path:
+    """Write a tiny SAM-family model folder registered as ``name`` (with ``int8``, its INT8 encoder too)."""
     folder = _fresh(folder)
     extra = {"embedding_shape": [EMBED_DIM, EMBED_SIZE, EMBED_SIZE], "low_res_size": LOW_RES, "num_mask_outputs": 4}
-    return _write(folder, name, _sam_graphs(folder), extra)
+    return _write(folder, name, _sam_graphs(folder), extra, int8)
 
 
 def build_tiny_fastsam(folder: Path, name: str = "fastsam_s") -> Path:

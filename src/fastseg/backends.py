@@ -21,9 +21,9 @@ from fastseg.manifest import ModelFolder, ModelFolderError, file_sha256
 from fastseg.paths import cache_dir
 
 Backend = Literal["openvino", "onnxruntime"]
-Precision = Literal["f32", "bf16"]
+Precision = Literal["f32", "bf16", "int8"]
 BACKENDS = ("openvino", "onnxruntime")
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "int8")
 
 
 class Session(Protocol):
@@ -238,6 +238,24 @@ def openvino_cpu_capabilities() -> tuple[str, ...]:
     return tuple(str(c) for c in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+#: CPU flags (Linux ``/proc/cpuinfo``) of the instructions that make OpenVINO's INT8 faster than f32.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_flags() -> tuple[str, ...] | None:
+    """Which of :data:`INT8_CPU_FLAGS` this CPU has (VNNI, AMX); ``None`` where it cannot be read (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return tuple(f for f in INT8_CPU_FLAGS if f in flags)
+
+
 def openvino_supports_bf16() -> bool:
     """True when OpenVINO can run bf16 on this CPU (AVX-512 BF16 or AMX); elsewhere it runs f32 when asked for bf16."""
     return "BF16" in openvino_cpu_capabilities()
@@ -270,7 +288,10 @@ def open_session(
     compile time, never an error.
 
     Args:
-        precision: ``"f32"`` or ``"bf16"`` (OpenVINO only; ONNX Runtime runs f32).
+        precision: ``"f32"``, ``"bf16"`` or ``"int8"`` (OpenVINO only; ONNX Runtime runs f32). ``"int8"``
+            runs the graph's INT8 IR (``fastseg export --int8``) where the folder has one, and the
+            graph's float parts (and the graphs without an INT8 IR) at bf16 where the CPU has it,
+            else f32; the session's ``precision`` then says ``"int8"`` for a quantized graph.
         num_threads: inference threads; ``None`` lets the backend use every core.
         cache_dir: OpenVINO compiled-model cache (a second process starts fast); ``None`` uses
             :func:`default_cache_dir`, ``False`` disables it.
@@ -284,10 +305,17 @@ def open_session(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    path = folder.graph_file(graph, backend)
+    if precision == "int8" and not folder.int8_graphs:
+        raise ModelFolderError(
+            f"{folder.path} has no INT8 graphs: export it with `fastseg export {folder.name} --int8 ...` "
+            "to run precision='int8'"
+        )
+    path = folder.graph_file(graph, backend, int8=precision == "int8")
     if backend == "onnxruntime":
         if precision != "f32":
-            raise ValueError(f"the onnxruntime backend runs f32 only, got precision={precision!r}")
+            raise ValueError(
+                f"the onnxruntime backend runs f32 only, got precision={precision!r} (bf16 and int8 run on OpenVINO)"
+            )
         return OnnxRuntimeSession(path, num_threads=num_threads, memory_arena=graph not in ONCE_PER_IMAGE_GRAPHS)
     cache: Path | None = None
     if cache_dir is not False:
@@ -301,4 +329,11 @@ def open_session(
             content = _content_key(folder, path)
         except OSError:  # an unreadable graph: OpenVINO names the problem when it fails to load it
             content = None
-    return OpenVINOSession(path, precision, num_threads, cache_dir=cache, content_key=content)  # type: ignore[arg-type]
+    if precision != "int8":
+        return OpenVINOSession(path, precision, num_threads, cache_dir=cache, content_key=content)  # type: ignore[arg-type]
+    session = OpenVINOSession(
+        path, "bf16" if openvino_supports_bf16() else "f32", num_threads, cache_dir=cache, content_key=content
+    )
+    if graph in folder.int8_graphs:
+        session.precision = "int8"
+    return session

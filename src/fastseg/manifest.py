@@ -30,6 +30,8 @@ FORMAT_VERSION = 2  # 2: SAM folders gained decoder_image and decoder_points
 GRAPHS_BY_FAMILY = {"sam": ("encoder", "decoder", "decoder_image", "decoder_points"), "fastsam": ("network",)}
 #: The backends' keys in a graph entry of the manifest.
 GRAPH_FILE_KEYS = {"openvino": "openvino", "onnxruntime": "onnx"}
+#: The key of a graph's INT8 OpenVINO IR (``fastseg export --int8``), in the image graphs' entries.
+INT8_FILE_KEY = "openvino_int8"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HASH_CACHE_FILE = "sha256.json"
@@ -70,8 +72,16 @@ class ModelFolder:
         """How the weights were made, e.g. ``"official checkpoint"`` or ``"random weights (seed 0)"``."""
         return str(self.manifest.get("weights", "unknown"))
 
-    def graph_file(self, graph: str, backend: str) -> Path:
-        """Path of ``graph`` for ``backend`` (``"openvino"`` -> ``.xml``, ``"onnxruntime"`` -> ``.onnx``)."""
+    @property
+    def int8_graphs(self) -> tuple[str, ...]:
+        """The graphs with an INT8 OpenVINO IR (``fastseg export --int8``); empty without one."""
+        return tuple(g for g, entry in self.manifest["graphs"].items() if INT8_FILE_KEY in entry)
+
+    def graph_file(self, graph: str, backend: str, int8: bool = False) -> Path:
+        """Path of ``graph`` for ``backend`` (``"openvino"`` -> ``.xml``, ``"onnxruntime"`` -> ``.onnx``);
+        ``int8``: its INT8 OpenVINO IR where the folder has one (the f32 graph otherwise)."""
+        if int8 and backend == "openvino" and graph in self.int8_graphs:
+            return self.path / str(self.manifest["graphs"][graph][INT8_FILE_KEY])
         key = GRAPH_FILE_KEYS[backend]
         try:
             name: str = self.manifest["graphs"][graph][key]
@@ -149,11 +159,11 @@ def load_model_folder(path: str | Path, family: str | None = None) -> ModelFolde
     for graph, entry in manifest["graphs"].items():
         if not isinstance(entry, dict):
             raise ModelFolderError(f"{manifest_path}: graph {graph!r} must be an object, got {type(entry).__name__}")
-        for key in GRAPH_FILE_KEYS.values():
+        for key in (*GRAPH_FILE_KEYS.values(), INT8_FILE_KEY):
             if key not in entry:
                 continue
             _check_graph_file(folder, root, manifest_path, files, graph, entry[key])
-            if key == "openvino":  # OpenVINO reads the weights next to the .xml
+            if key in ("openvino", INT8_FILE_KEY):  # OpenVINO reads the weights next to the .xml
                 weights = str(PurePosixPath(entry[key]).with_suffix(".bin"))
                 if weights in files or os.path.lexists(folder / weights):
                     _check_graph_file(folder, root, manifest_path, files, graph, weights)

@@ -92,7 +92,10 @@ class Predictor:
         precision: ``"f32"`` (default; identical masks to PyTorch) or ``"bf16"`` (faster on CPUs with
             AVX-512 BF16 / AMX; OpenVINO only). On a CPU without native bf16, OpenVINO runs f32 when
             asked for bf16: the Predictor then warns once (``UserWarning``) and :attr:`precision` says
-            ``"f32"``.
+            ``"f32"``. ``"int8"``: the image graph (SAM encoder, FastSAM network) quantized at export
+            (``fastseg export NAME --int8``), everything else at bf16 where the CPU has it, else f32;
+            faster where the CPU has VNNI or AMX (elsewhere it runs, with a ``UserWarning``). Its
+            masks are measured against f32's in the README's precision section.
         num_threads: inference threads (default: all cores).
         cache_dir: OpenVINO compiled-model cache; ``None`` = ``~/.cache/fastseg/compiled``, ``False`` = off.
         conf, iou: FastSAM detection confidence and NMS IoU thresholds (ultralytics' defaults,
@@ -142,9 +145,15 @@ class Predictor:
             session = open_session(self.folder, graph, backend, precision, num_threads=num_threads, cache_dir=cache)
             sessions[graph] = session if session_wrapper is None else session_wrapper(graph, session)
         ran = sorted({str(getattr(s, "precision", precision)) for s in sessions.values()})
-        #: The inference precision the backend compiled the graphs at (read back from OpenVINO).
+        #: Each graph's precision (read back from OpenVINO; ``"int8"`` for a quantized graph).
+        self.graph_precisions = {g: str(getattr(s, "precision", precision)) for g, s in sessions.items()}
+        #: The inference precision the backend compiled the graphs at (read back from OpenVINO); with
+        #: ``"int8"``, ``"int8"`` when the image graph is quantized (:attr:`graph_precisions` has the rest).
         self.precision = ran[0] if len(ran) == 1 else "/".join(ran)
-        if self.precision != precision:
+        if precision == "int8":
+            self.precision = "int8"
+            _warn_int8()
+        elif self.precision != precision:
             from fastseg.backends import openvino_cpu_capabilities
 
             warnings.warn(
@@ -500,3 +509,21 @@ class _StoreTrip:
                 StoreWarning,
                 stacklevel=_outside_fastseg(),
             )
+
+
+def _warn_int8() -> None:
+    """Warn when INT8 is not expected to be faster here: a CPU without VNNI or AMX (INT8 then runs, but
+    as slowly as f32 or slower), or one whose instruction sets cannot be read."""
+    from fastseg.backends import INT8_CPU_FLAGS, cpu_int8_flags, openvino_cpu_capabilities
+
+    flags = cpu_int8_flags()
+    if flags:
+        return
+    have = "could not be read" if flags is None else "has none of them"
+    warnings.warn(
+        f"precision='int8' runs, but is not expected to be faster than f32 here: INT8 speed needs VNNI or AMX "
+        f"({', '.join(INT8_CPU_FLAGS)}) and this CPU {have} (OpenVINO capabilities: "
+        f"{', '.join(openvino_cpu_capabilities())})",
+        UserWarning,
+        stacklevel=_outside_fastseg(),
+    )
