@@ -159,3 +159,30 @@ def test_folders_without_torch_or_ray(tiny_sam_folder, photos, tmp_path: Path) -
     )
     assert out["loaded"] == [] and out["attempts"] == []
     assert out["hits"] == 1
+
+
+def test_int8_predict_without_torch(tmp_path: Path) -> None:
+    """``precision="int8"`` (the INT8 encoder of a tiny folder, :mod:`tiny_models`) needs none of the
+    forbidden packages: NNCF and torch are the export's, not the runtime's."""
+    from tiny_models import build_tiny_sam
+
+    model = build_tiny_sam(tmp_path / "mobile_sam", int8=True)
+    out = _run(
+        _blocker()
+        + textwrap.dedent(
+            f"""
+            import warnings
+            import numpy as np
+            import fastseg
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the INT8 speed warning on a CPU without VNNI
+                predictor = fastseg.Predictor({str(model)!r}, precision="int8", cache_dir=False)
+            predictor.set_image(np.zeros((120, 160, 3), dtype=np.uint8))
+            result = predictor.predict(points=[[80, 60]], labels=[1])
+            encoder = predictor.graph_precisions["encoder"]
+            report(precision=predictor.precision, encoder=encoder, masks=len(result.masks))
+            """
+        )
+    )
+    assert out["loaded"] == [] and out["attempts"] == []
+    assert out["precision"] == "int8" and out["encoder"] == "int8" and out["masks"] == 3
