@@ -13,7 +13,7 @@ def add_command(sub: Any) -> None:
     # argument, "--quick" included, as a value of bench_args.
     bn = sub.add_parser(
         "bench",
-        help="PyTorch originals vs fastseg (ONNX Runtime, OpenVINO f32/bf16)",
+        help="PyTorch originals vs fastseg (ONNX Runtime, OpenVINO f32/bf16/int8)",
         add_help=False,
         prefix_chars="\0",
     )

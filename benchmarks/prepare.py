@@ -105,8 +105,9 @@ def random_checkpoint(name: str, cache: Path) -> Path:
     return path
 
 
-def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path) -> Path:
-    """The fastseg model folder exported from ``checkpoint``, exported if missing or outdated."""
+def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path, int8: bool = False) -> Path:
+    """The fastseg model folder exported from ``checkpoint``, exported if missing or outdated; with
+    ``int8``, with its INT8 image graph (``fastseg export --int8``; a cached folder without one is exported again)."""
     import fastseg
     from fastseg.manifest import ModelFolderError, load_model_folder
     from fastseg.registry import get_spec
@@ -116,12 +117,20 @@ def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path) -> Path:
     runtime = Path(fastseg.__file__).parent
     files = [_export_dir() / f for f in ("export.py", "common.py", f"{family}.py")]
     files += [runtime / "registry.py", runtime / "manifest.py"]
-    key = code_hash(files, ("torch", "openvino", "onnx", "onnxruntime"))
+    packages: tuple[str, ...] = ("torch", "openvino", "onnx", "onnxruntime")
+    if int8:
+        files.append(_export_dir() / "int8.py")
+        packages += ("nncf",)
+    key = code_hash(files, packages) + ("-int8" if int8 else "")
     out = cache / "models" / f"{name}-{sha[:12]}-{key}"
     if out.exists():
         try:
             folder = load_model_folder(out)
-            if folder.name == name and folder.manifest.get("checkpoint", {}).get("sha256") == sha:
+            if (
+                folder.name == name
+                and folder.manifest.get("checkpoint", {}).get("sha256") == sha
+                and (folder.int8_graphs or not int8)
+            ):
                 log(f"{name}: reusing exported model folder {out}")
                 return out
             log(f"{name}: cached folder {out} is of another model or checkpoint; exporting again")
@@ -129,7 +138,7 @@ def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path) -> Path:
             log(f"{name}: cached folder unusable ({exc}); exporting again")
     log(f"{name}: exporting {checkpoint.name} with fastseg export -> {out} (one-off; takes a while)")
     start = time.perf_counter()
-    export_model(name, checkpoint, out, overwrite=True, log=lambda m: log(f"{name}: export: {m.strip()}"))
+    export_model(name, checkpoint, out, int8=int8, overwrite=True, log=lambda m: log(f"{name}: export: {m.strip()}"))
     log(f"{name}: exported in {time.perf_counter() - start:.0f} s")
     _prune(cache / "models", f"{name}-", out)
     return out
@@ -181,7 +190,8 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
     """Everything one model needs for its paths.
 
     Job keys: ``model``; ``cache`` (folder); ``checkpoint`` (a user file, or None for random weights);
-    ``model_dir`` (a user's fastseg model folder, or None to export one); ``ultralytics`` (bool).
+    ``model_dir`` (a user's fastseg model folder, or None to export one); ``ultralytics`` (bool);
+    ``int8`` (bool: the exported folder gets its INT8 image graph).
 
     Returns:
         ``{"status": "ok", "family", "checkpoint", "checkpoint_sha256", "weights", "model_dir",
@@ -222,7 +232,7 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
     else:
         # A failed export fails the fastseg paths only: the originals still run on the checkpoint.
         try:
-            model_dir = fastseg_folder(name, checkpoint, sha, cache)
+            model_dir = fastseg_folder(name, checkpoint, sha, cache, int8=bool(job.get("int8")))
         except Exception as exc:  # noqa: BLE001 - reported per path, with the traceback on stderr
             model_dir_error = f"fastseg export failed: {_one_line(exc)}"
             log(f"{name}: {model_dir_error}\n{traceback.format_exc()}")

@@ -24,6 +24,7 @@ PATH_LABELS = {
     "fastseg-onnxruntime": "fastseg ONNX Runtime",
     "fastseg-openvino-f32": "fastseg OpenVINO f32",
     "fastseg-openvino-bf16": "fastseg OpenVINO bf16",
+    "fastseg-openvino-int8": "fastseg OpenVINO int8",
 }
 
 #: The measures that get a speed-up against the PyTorch original: result key -> speed-up key.
@@ -205,11 +206,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         failures += [f"{name} / {path} cold start: {result['cold_start_error']}"
                      for path, result in model["paths"].items() if result.get("cold_start_error")]
 
-    agreement_rows = [
-        (name, m["bf16_vs_f32"]) for name, m in results["models"].items() if m.get("bf16_vs_f32") is not None
-    ]
-    if agreement_rows:
-        lines += ["", "### bf16 vs f32 masks (fastseg OpenVINO, same image and prompt)", "",
+    for precision in ("bf16", "int8"):
+        key = f"{precision}_vs_f32"
+        agreement_rows = [(name, m[key]) for name, m in results["models"].items() if m.get(key) is not None]
+        if not agreement_rows:
+            continue
+        lines += ["", f"### {precision} vs f32 masks (fastseg OpenVINO, same image and prompt)", "",
                   "| model | pixels equal | IoU of the masks' union | masks compared |", "|---|--:|--:|---|"]
         for name, agreement in agreement_rows:
             lines.append(f"| {name} | {fmt_pct(agreement['pixels_pct'])} | {fmt_pct(agreement['iou_pct'])} | "
@@ -330,6 +332,7 @@ PATH_COLOURS = {
     "fastseg-onnxruntime": "#9ecae1",
     "fastseg-openvino-f32": "#4292c6",
     "fastseg-openvino-bf16": "#08519c",
+    "fastseg-openvino-int8": "#08306b",
 }
 
 

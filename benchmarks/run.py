@@ -1,7 +1,7 @@
 """``fastseg bench``: the PyTorch originals against fastseg, same photo and prompt, in one run.
 
 For each model, each path (PyTorch original, ultralytics' OpenVINO export for FastSAM, fastseg on
-ONNX Runtime, OpenVINO f32 and OpenVINO bf16) runs in processes of its own, one after the other:
+ONNX Runtime, OpenVINO f32, bf16 and int8) runs in processes of its own, one after the other:
 one process for the timed runs and peak RSS, then fresh processes for the cold starts. The parent
 process only orchestrates (it never imports torch or a model), then writes the Markdown table, the
 JSON file with every raw figure and the PNG chart.
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastseg bench",
         description=(
-            "Time the PyTorch originals against fastseg (ONNX Runtime, OpenVINO f32, OpenVINO bf16) and, for "
+            "Time the PyTorch originals against fastseg (ONNX Runtime, OpenVINO f32, bf16, int8) and, for "
             "FastSAM, ultralytics' own OpenVINO export, on the same photo and point prompt. With no options it "
             "builds random-weight checkpoints (same graphs and timings as the real ones), exports them into the "
             "cache once, and writes bench.md, bench.json and bench.png into --out."
@@ -391,7 +391,7 @@ def path_result(measured: dict[str, Any], colds: list[dict[str, Any]], cold_erro
 
 
 def model_agreements(model: dict[str, Any], masks: dict[str, Path]) -> None:
-    """Fill ``bf16_vs_f32`` and each path's ``mask_vs_pytorch`` from the saved masks."""
+    """Fill ``bf16_vs_f32``, ``int8_vs_f32`` and each path's ``mask_vs_pytorch`` from the saved masks."""
     loaded = {p: np.load(f) for p, f in masks.items() if f.exists()}
     per_mask = model["family"] == "sam"  # SAM's 3 masks are positional; FastSAM's sets are compared as unions
     if "fastseg-openvino-f32" in loaded and "fastseg-openvino-bf16" in loaded:
@@ -399,6 +399,11 @@ def model_agreements(model: dict[str, Any], masks: dict[str, Path]) -> None:
                                               per_mask)
     else:
         model["bf16_vs_f32"] = None
+    if "fastseg-openvino-f32" in loaded and "fastseg-openvino-int8" in loaded:
+        model["int8_vs_f32"] = mask_agreement(loaded["fastseg-openvino-int8"], loaded["fastseg-openvino-f32"],
+                                              per_mask)
+    else:
+        model["int8_vs_f32"] = None
     for path, result in model["paths"].items():
         if result.get("status") == "ok" and path != "pytorch" and "pytorch" in loaded and path in loaded:
             result["mask_vs_pytorch"] = mask_agreement(loaded[path], loaded["pytorch"], per_mask)
@@ -452,6 +457,7 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
         "checkpoint": str(config.checkpoints[name]) if name in config.checkpoints else None,
         "model_dir": str(config.model_dirs[name]) if name in config.model_dirs else None,
         "ultralytics": "ultralytics-openvino" in paths,
+        "int8": "fastseg-openvino-int8" in paths,
     }, work, f"{name}-prepare", config.timeout)
     if prep.get("status") != "ok":
         return {"status": "failed", "error": prep.get("error"), "family": spec.family, "paths": {}}

@@ -43,6 +43,7 @@ PATHS: dict[str, tuple[str, ...]] = {
     "fastseg-onnxruntime": ("sam", "fastsam"),
     "fastseg-openvino-f32": ("sam", "fastsam"),
     "fastseg-openvino-bf16": ("sam", "fastsam"),
+    "fastseg-openvino-int8": ("sam", "fastsam"),
 }
 
 #: ultralytics FastSAM prediction settings: FastSAM's published defaults, as the issue prescribes.
@@ -288,7 +289,10 @@ class FastsegRunner:
         shown = {p for p in compiled.values() if p is not None}
         return {
             "api": f"fastseg.Predictor(backend={self.backend!r}, precision={self.precision!r})",
-            "precision": shown.pop() if len(shown) == 1 else (self.precision if not shown else str(compiled)),
+            # int8: the image graph's; the other graphs' (bf16 or f32) are in precision_per_graph
+            "precision": "int8" if self.precision == "int8" else (
+                shown.pop() if len(shown) == 1 else (self.precision if not shown else str(compiled))
+            ),
             "precision_per_graph": compiled,
             "openvino_threads_per_graph": {g: s.threads() for g, s in self._sessions.items()},
             "network": f"{self.network_graph} graph session.run inside set_image",
@@ -313,6 +317,7 @@ def make_runner(job: dict[str, Any]) -> Any:
         "fastseg-onnxruntime": ("onnxruntime", "f32"),
         "fastseg-openvino-f32": ("openvino", "f32"),
         "fastseg-openvino-bf16": ("openvino", "bf16"),
+        "fastseg-openvino-int8": ("openvino", "int8"),
     }[path]
     return FastsegRunner(job, backend, precision)
 

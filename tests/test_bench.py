@@ -230,6 +230,23 @@ def test_formats(fmt: Any, value: float | None, text: str) -> None:
     assert fmt(value) == text
 
 
+def test_int8_rows_and_masks() -> None:
+    """The int8 path gets its row after bf16's and its own masks-vs-f32 table."""
+    results = fake_results()
+    sam = results["models"]["mobile_sam"]
+    sam["paths"]["fastseg-openvino-int8"] = _path(250.0, 150.0, 12.5, 1.1, 380.0, "int8")
+    sam["int8_vs_f32"] = {"pixels_pct": 98.7, "iou_pct": 97.9, "compared": "masks", "count": [3, 3]}
+    compute_speedups(sam)
+    assert sam["paths"]["fastseg-openvino-int8"]["speedup"]["end_to_end"] == pytest.approx(1200 / 250)
+    md = render_markdown(results)
+    main_table = md.split("### bf16 vs f32")[0].splitlines()
+    rows = [line.split(" | ") for line in main_table if line.startswith("| mobile_sam |")]
+    assert [r[1] for r in rows][-2:] == ["fastseg OpenVINO bf16", "fastseg OpenVINO int8"]
+    assert rows[-1][2:5] == ["int8", "250 (225)", "4.80×"]
+    int8 = md.split("### int8 vs f32 masks")[1].split("###")[0]
+    assert "| mobile_sam | 98.70% | 97.90% | masks (3 vs 3) |" in int8 and "fastsam_s" not in int8
+
+
 def test_markdown_table() -> None:
     md = render_markdown(fake_results())
     assert "Test CPU 9000, 2 logical cores (2 physical), 24.0 GiB RAM; AVX-512 yes, AVX-512 BF16 yes" in md
