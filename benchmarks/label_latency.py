@@ -363,13 +363,8 @@ def _fmt(value: float | None) -> str:
 
 def render_markdown(results: Sequence[dict[str, Any]], machine: dict[str, Any], options: dict[str, Any]) -> str:
     caps = machine.get("openvino_cpu", {}).get("optimization_capabilities")
-    shown = ""
-    if results:
-        grids = [c.get("grid") for c in results[0]["clicks"] if c.get("grid")]
-        scale = results[0].get("view_scale")
-        if scale:
-            shown = f" The photo is shown at {scale:.0%}"
-            shown += f"; a click's mask is sent on a {grids[0][1]}x{grids[0][0]} grid." if grids else "."
+    scale = results[0].get("view_scale") if results else None
+    shown = f" The photo is shown at {scale:.0%}." if scale else ""
     lines = [
         "### `fastseg label`: click to mask and next image, in the browser",
         "",

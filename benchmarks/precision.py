@@ -32,17 +32,13 @@ from typing import Any
 import numpy as np
 
 from fastseg_bench.machine import describe_machine, machine_line, versions_line
+from fastseg_bench.stats import mask_agreement
+from fastseg_export.int8 import photo
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 GRID = 4
 ENCODES = 3
 CLICKS = 20
-
-
-def photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(getattr(data, name)()[..., :3])
 
 
 def prompts(size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -70,27 +66,17 @@ def predict_all(predictor: Any, images: dict[str, np.ndarray]) -> dict[str, list
 
 def compare(family: str, ref: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> dict[str, Any]:
     """Pixel agreement (SAM family) or selected-mask IoU (FastSAM) of ``other`` against ``ref``."""
+    pairs = [(a, b) for name in ref for a, b in zip(ref[name], other[name])]
     if family == "sam":
-        agree = [
-            float(np.mean(a[k] == b[k]))
-            for name in ref
-            for a, b in zip(ref[name], other[name])
-            for k in range(len(a))
-        ]
+        agree = [mask_agreement(a[k], b[k])["pixels_pct"] / 100 for a, b in pairs for k in range(len(a))]
         return {"masks": len(agree), "pixel_agreement_mean": float(np.mean(agree)), "pixel_agreement_min": min(agree)}
     ious, one_sided = [], 0
-    for name in ref:
-        for a, b in zip(ref[name], other[name]):
-            ua, ub = a.any(axis=0) if len(a) else None, b.any(axis=0) if len(b) else None
-            if ua is None and ub is None:
-                ious.append(1.0)
-                continue
-            if ua is None or ub is None:
-                one_sided += 1
-                ious.append(0.0)
-                continue
-            union = np.count_nonzero(ua | ub)
-            ious.append(1.0 if union == 0 else float(np.count_nonzero(ua & ub) / union))
+    for a, b in pairs:
+        if (len(a) == 0) != (len(b) == 0):  # a mask selected at one precision only
+            one_sided += 1
+            ious.append(0.0)
+        else:
+            ious.append(mask_agreement(a, b, per_mask=False)["iou_pct"] / 100)
     return {
         "prompts": len(ious),
         "selected_iou_mean": float(np.mean(ious)),

@@ -65,7 +65,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(x @ y / norm) if norm > 0 else float(np.array_equal(x, y))
 
 
-def ignored_scope(spec: ModelSpec, model: Any) -> tuple[Any, list[str]]:
+def ignored_scope(spec: ModelSpec) -> tuple[Any, list[str]]:
     """What stays in float: for FastSAM, the mask prototypes (``model.22/proto``: with it in INT8 the
     prototypes' cosine to f32 fell to 0.81 on the check photo), the detection head's box decoding (DFL,
     the anchor arithmetic) and its sigmoid, whose outputs are coordinates and scores rather than
@@ -99,7 +99,7 @@ def quantize_image_graph(
     model = core.read_model(str(folder / f"{graph}.xml"))
     name = model.inputs[0].get_any_name()
     calibration = [preprocess(spec, photo(p)) for p in CALIBRATION_PHOTOS]
-    scope, scope_text = ignored_scope(spec, model)
+    scope, scope_text = ignored_scope(spec)
     options: dict[str, Any] = {
         "subset_size": len(calibration),
         "preset": nncf.QuantizationPreset.MIXED,

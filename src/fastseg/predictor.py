@@ -144,9 +144,9 @@ class Predictor:
         for graph in GRAPHS_BY_FAMILY[self.folder.family]:
             session = open_session(self.folder, graph, backend, precision, num_threads=num_threads, cache_dir=cache)
             sessions[graph] = session if session_wrapper is None else session_wrapper(graph, session)
-        ran = sorted({str(getattr(s, "precision", precision)) for s in sessions.values()})
         #: Each graph's precision (read back from OpenVINO; ``"int8"`` for a quantized graph).
         self.graph_precisions = {g: str(getattr(s, "precision", precision)) for g, s in sessions.items()}
+        ran = sorted(set(self.graph_precisions.values()))
         #: The inference precision the backend compiled the graphs at (read back from OpenVINO); with
         #: ``"int8"``, ``"int8"`` when the image graph is quantized (:attr:`graph_precisions` has the rest).
         self.precision = ran[0] if len(ran) == 1 else "/".join(ran)
