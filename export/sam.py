@@ -280,21 +280,27 @@ def flatten_image(image: torch.Tensor) -> torch.Tensor:
     return image.permute(0, 2, 3, 1).reshape(image.shape[0], -1, image.shape[1])
 
 
-def attend(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``segment_anything``'s ``Attention.forward`` from its projected ``q``, ``k``, ``v`` on (heads, scaled
-    dot product, softmax, output projection): the same operations in the same order."""
+def split_heads(x: torch.Tensor, heads: int, keys_last: bool) -> torch.Tensor:
+    """A projected ``(1, N, I)`` image side split per head: ``(1, H, d, N)`` if ``keys_last`` (a key or
+    query transposed for a product with the tokens), else ``(1, H, N, d)``. ``decoder_image`` returns
+    them so, so the click graph does not transpose the 4096-long arrays on every click."""
+    b, n, inner = x.shape
+    split = x.reshape(b, n, heads, inner // heads)
+    return split.permute(0, 2, 3, 1) if keys_last else split.permute(0, 2, 1, 3)
+
+
+def attend_split(attention: nn.Module, q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``segment_anything``'s ``Attention.forward`` from its projected ``q`` ``(B, T, I)`` and the keys and
+    values already projected and split per head by :func:`split_heads` (``k_t``: ``(1, H, d, N)``, ``v``:
+    ``(1, H, N, d)``): heads, scaled dot product, softmax, output projection, the same operations in
+    the same order."""
     heads = attention.num_heads
-
-    def separate(x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-    q, k, v = separate(q), separate(k), separate(v)
-    attn = q @ k.permute(0, 1, 3, 2)
-    attn = attn / math.sqrt(q.shape[-1])
+    b, t, inner = q.shape
+    q_heads = q.reshape(b, t, heads, inner // heads).transpose(1, 2)  # (B, H, T, d)
+    attn = q_heads @ k_t
+    attn = attn / math.sqrt(q_heads.shape[-1])
     out = torch.softmax(attn, dim=-1) @ v
-    b, n, t, c = out.shape
-    return attention.out_proj(out.transpose(1, 2).reshape(b, t, n * c))
+    return attention.out_proj(out.transpose(1, 2).reshape(b, t, inner))
 
 
 def _per_head(linear: nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,9 +344,10 @@ def attend_image_to_tokens(
     with the image-side projections folded into the token side.
 
     Scores: ``(Wq_h x + bq_h) . k_h = x . (Wq_h^T k_h) + bq_h . k_h`` (a ``(T, C)`` matrix and a ``(T,)`` row per
-    head instead of projecting the N x C queries), or from ``projected_q`` (``q_proj(q)``, ``(1, N, I)``, computed
-    once per image by ``decoder_image``). Output: ``out_proj(concat_h a_h v_h) = sum_h a_h (v_h Wo_h^T) + bo``,
-    a ``(T, C)`` matrix per head instead of projecting the N x I mixture.
+    head instead of projecting the N x C queries), or from ``projected_q`` (``q_proj(q)`` split by
+    :func:`split_heads` into ``(1, H, d, N)``, computed once per image by ``decoder_image``). Output:
+    ``out_proj(concat_h a_h v_h) = sum_h a_h (v_h Wo_h^T) + bo``, a ``(T, C)`` matrix per head instead of
+    projecting the N x I mixture.
     """
     heads = attention.num_heads
     kp, vp = attention.k_proj(k), attention.v_proj(v)
@@ -356,9 +363,7 @@ def attend_image_to_tokens(
         scores = image_side.reshape(b, heads * t, -1) @ q.transpose(1, 2)  # (B, H*T, N)
         scores = scores.reshape(b, heads, t, -1) + offset
     else:
-        n = projected_q.shape[1]
-        q_heads = projected_q.reshape(projected_q.shape[0], n, heads, d).transpose(1, 2)  # (1, H, N, d)
-        scores = k_heads @ q_heads.transpose(2, 3) / math.sqrt(d)  # (B, H, T, N)
+        scores = k_heads @ projected_q / math.sqrt(d)  # (B, H, T, N)
     # the tokens' axis is not the last: a softmax over the 8 heads x T tokens of each of the N image
     # queries runs over rows of T (< 10) numbers, which OpenVINO does ~3x slower than over the
     # contiguous image axis (docs/PERFORMANCE.md)
@@ -380,7 +385,8 @@ def two_way_block(
     """``TwoWayAttentionBlock.forward`` with both cross-attentions folded (see :func:`attend_tokens_to_image`).
 
     ``image_side``: ``(token_keys, token_values, image_queries)``, the first block's image-side
-    projections computed once per image (``decoder_image``), used instead of projecting ``keys``.
+    projections computed once per image (``decoder_image``) and split per head (:func:`split_heads`),
+    used instead of projecting ``keys``.
     """
     if layer.skip_first_layer_pe:
         queries = layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
@@ -393,7 +399,7 @@ def two_way_block(
         attn_out = attend_tokens_to_image(to_image, queries + tokens, keys_pe, keys)
     else:
         keys_pe = None
-        attn_out = attend(to_image, to_image.q_proj(queries + tokens), image_side[0], image_side[1])
+        attn_out = attend_split(to_image, to_image.q_proj(queries + tokens), image_side[0], image_side[1])
     queries = layer.norm2(queries + attn_out)
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + tokens
@@ -410,19 +416,21 @@ class SamDecoderImage(SamDecoder):
 
     Without a mask input the dense embedding is ``no_mask_embed`` everywhere, so the image side of
     the first transformer block (the flattened image, the keys and values its tokens attend to, and
-    the queries of its image-to-token attention: three 4096 x 256 x 128 projections) is fixed by the
-    image. :class:`SamPointDecoder` takes them as inputs. A click then costs ~20% less decoder time.
+    the queries of its image-to-token attention: three 4096 x 256 x 128 projections, split per head
+    in the layout the click graph multiplies them in) is fixed by the image. :class:`SamPointDecoder`
+    takes them as inputs, so a click does not compute them.
     """
 
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
         keys = flatten_image(image_embeddings + self.no_mask_embed.weight.reshape(1, -1, 1, 1))
         first = self.mask_decoder.transformer.layers[0]
+        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         keys_pe = keys + self.image_pe_flat
         return (
             keys,
-            first.cross_attn_token_to_image.k_proj(keys_pe),
-            first.cross_attn_token_to_image.v_proj(keys),
-            first.cross_attn_image_to_token.q_proj(keys_pe),
+            split_heads(to_image.k_proj(keys_pe), to_image.num_heads, keys_last=True),
+            split_heads(to_image.v_proj(keys), to_image.num_heads, keys_last=False),
+            split_heads(to_tokens.q_proj(keys_pe), to_tokens.num_heads, keys_last=True),
         )
 
 

@@ -110,6 +110,35 @@ def test_one_cache_folder_per_graph_content(tiny_sam_folder: Path, tmp_path: Pat
     assert backends.graph_cache_key(old, "encoder", "f32") != backends.graph_cache_key(old, "encoder", "bf16")
 
 
+def test_decoders_compile_without_snippets_in_their_own_cache_folder(
+    tiny_sam_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SAM decoders compile with SNIPPETS_MODE=DISABLE (faster there), the encoder with OpenVINO's
+    # default. OpenVINO's own cache key leaves that setting out, so ours must hold it: a blob compiled
+    # with snippets must never be loaded for a graph that asks for none.
+    compiled = backends._compile
+    seen: dict[str, object] = {}
+
+    def spy(xml: Path, config: dict[str, object], *args: object) -> object:
+        seen[xml.stem] = config.get("SNIPPETS_MODE")
+        return compiled(xml, config, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backends, "_compile", spy)
+    folder = load_model_folder(tiny_sam_folder)
+    cache = tmp_path / "compiled"
+    for graph in ("encoder", "decoder", "decoder_image", "decoder_points"):
+        open_session(folder, graph, cache_dir=cache)
+    assert seen == {"encoder": None, "decoder": "DISABLE", "decoder_image": "DISABLE", "decoder_points": "DISABLE"}
+    names = {p.name for p in cache.iterdir()}
+    for graph in ("encoder", "decoder", "decoder_image", "decoder_points"):
+        assert backends.graph_cache_key(folder, graph, "f32") in names
+    content = backends._content_key(folder, folder.graph_file("decoder_points", "openvino"))
+    assert backends.cache_key(content, "f32") != backends.graph_cache_key(folder, "decoder_points", "f32")
+    assert backends.cache_key(content, "f32", snippets=False) == backends.graph_cache_key(
+        folder, "decoder_points", "f32"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Defect 5: a broken cache falls back to no cache with one warning
 

@@ -54,6 +54,9 @@ class OpenVINOSession:
             with one ``UserWarning`` per cache root and process.
         content_key: what identifies the .xml and .bin content (:func:`open_session` passes the
             manifest's sha256s); ``None`` hashes the two files.
+        snippets: let the CPU plugin fuse attention and element-wise chains into its JIT "snippets"
+            kernels (OpenVINO's default). :func:`open_session` turns them off for
+            :data:`NO_SNIPPETS_GRAPHS`.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class OpenVINOSession:
         num_threads: int | None = None,
         cache_dir: Path | None = None,
         content_key: str | None = None,
+        snippets: bool = True,
     ) -> None:
         import openvino as ov
         import openvino.properties as props
@@ -74,6 +78,8 @@ class OpenVINOSession:
         }
         if num_threads:
             config[props.inference_num_threads] = int(num_threads)
+        if not snippets:
+            config["SNIPPETS_MODE"] = "DISABLE"
         self._compiled = _compile(xml, config, cache_dir, content_key, precision)
         self._request = self._compiled.create_infer_request()
         self.input_names = tuple(p.get_any_name() for p in self._compiled.inputs)
@@ -98,11 +104,12 @@ def _compile(
     """``core.compile_model`` with the cache sub-folder of ``xml``'s content, else without a cache."""
     import openvino.properties as props
 
+    snippets = config.get("SNIPPETS_MODE") != "DISABLE"
     core = _ov_core()
     cache_failure = None
     if cache_dir is not None:
         try:
-            folder = cache_dir / cache_key(content_key or _files_key(xml), precision)
+            folder = cache_dir / cache_key(content_key or _files_key(xml), precision, snippets)
             folder.mkdir(parents=True, exist_ok=True)
             return core.compile_model(str(xml), "CPU", {**config, props.cache_dir: str(folder)})
         except (OSError, RuntimeError) as exc:  # RuntimeError: OpenVINO's errors
@@ -115,6 +122,12 @@ def _compile(
         _warn_cache(cache_dir, load_error_detail(cache_failure))
     return compiled
 
+
+#: Graphs compiled without the CPU plugin's snippets: the SAM-family decoders, where the fused
+#: token-to-image attention kernel is slower than plain matrix products (which use AMX where the CPU has
+#: it) and the unfused graph is faster at f32 and bf16, one prompt set or 64 (docs/PERFORMANCE.md).
+#: The image encoders are faster with them.
+NO_SNIPPETS_GRAPHS = ("decoder", "decoder_image", "decoder_points")
 
 #: Graphs run once per image, whose activations are large (SAM ViT-B's encoder: GBs).
 ONCE_PER_IMAGE_GRAPHS = ("encoder", "network")
@@ -174,17 +187,20 @@ def load_error_detail(exc: BaseException) -> str:
 # The compiled-model cache
 
 
-def cache_key(content_key: str, precision: str) -> str:
+def cache_key(content_key: str, precision: str, snippets: bool = True) -> str:
     """Name of a graph's sub-folder in the compiled-model cache: 16 hex digits of a sha256 of
-    ``content_key`` (the .xml and .bin content), the OpenVINO version and ``precision``."""
+    ``content_key`` (the .xml and .bin content), the OpenVINO version, ``precision`` and whether the
+    graph compiles without snippets (OpenVINO's own cache key leaves that setting out)."""
     import openvino as ov
 
-    return hashlib.sha256(json.dumps([content_key, ov.__version__, precision]).encode()).hexdigest()[:16]
+    parts = [content_key, ov.__version__, precision] + ([] if snippets else ["no-snippets"])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def graph_cache_key(folder: ModelFolder, graph: str, precision: str) -> str:
     """:func:`cache_key` of ``graph`` of ``folder`` (from the manifest's sha256s when it has them)."""
-    return cache_key(_content_key(folder, folder.graph_file(graph, "openvino")), precision)
+    content = _content_key(folder, folder.graph_file(graph, "openvino"))
+    return cache_key(content, precision, snippets=graph not in NO_SNIPPETS_GRAPHS)
 
 
 def _content_key(folder: ModelFolder, xml: Path) -> str:
@@ -329,10 +345,16 @@ def open_session(
             content = _content_key(folder, path)
         except OSError:  # an unreadable graph: OpenVINO names the problem when it fails to load it
             content = None
+    snippets = graph not in NO_SNIPPETS_GRAPHS
     if precision != "int8":
-        return OpenVINOSession(path, precision, num_threads, cache_dir=cache, content_key=content)  # type: ignore[arg-type]
+        return OpenVINOSession(path, precision, num_threads, cache_dir=cache, content_key=content, snippets=snippets)  # type: ignore[arg-type]
     session = OpenVINOSession(
-        path, "bf16" if openvino_supports_bf16() else "f32", num_threads, cache_dir=cache, content_key=content
+        path,
+        "bf16" if openvino_supports_bf16() else "f32",
+        num_threads,
+        cache_dir=cache,
+        content_key=content,
+        snippets=snippets,
     )
     if graph in folder.int8_graphs:
         session.precision = "int8"
