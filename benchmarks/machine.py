@@ -121,7 +121,7 @@ def machine_line(machine: dict[str, Any]) -> str:
     ram = machine.get("ram_bytes")
     ram_text = f"{ram / 2**30:.1f} GiB RAM" if ram else "RAM unknown"
     flags = machine.get("flags", {})
-    shown = ("AVX2", "AVX-512", "AVX-512 BF16", "AVX-512 VNNI", "AMX BF16")
+    shown = ("AVX2", "AVX-512", "AVX-512 BF16", "AVX-512 VNNI", "AMX BF16", "AMX INT8")
     flag_text = ", ".join(f"{name} {'yes' if flags.get(name) else 'no'}" for name in shown if name in flags)
     text = f"{machine.get('cpu_model', 'unknown CPU')}, {core_text}, {ram_text}"
     return text + (f"; {flag_text}" if flag_text else "")
