@@ -304,7 +304,10 @@ def _int8_graph(folder: Path, name: str) -> None:
 
 def _sam_graphs(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     emb = [1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE]
-    tokens = [1, EMBED_SIZE * EMBED_SIZE, 128]
+    n = EMBED_SIZE * EMBED_SIZE
+    # the first block's image side split per head as the real decoder_image returns it (8 heads of 16):
+    # keys and queries (1, heads, d, N), values (1, heads, N, d)
+    token_shapes = {"token_keys": [1, 8, 16, n], "token_values": [1, 8, n, 16], "image_queries": [1, 8, 16, n]}
     coords_shape, labels_shape = ["batch", "points", 2], ["batch", "points"]
     masks_shape, iou_shape = ["batch", 4, LOW_RES, LOW_RES], ["batch", 4]
 
@@ -321,13 +324,15 @@ def _sam_graphs(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     keys = g.op("Transpose", flat, perm=[0, 2, 1])
     g.output(keys, "image_keys", [1, EMBED_SIZE * EMBED_SIZE, EMBED_DIM])
     for name, weight in _TOKEN_WEIGHTS.items():
-        g.output(g.op("MatMul", keys, g.const(weight)), name, tokens)
+        split = g.op("Reshape", g.op("MatMul", keys, g.const(weight)), g.const([1, n, 8, 16], np.int64))
+        perm = [0, 2, 1, 3] if name == "token_values" else [0, 2, 3, 1]
+        g.output(g.op("Transpose", split, perm=perm), name, token_shapes[name])
     g.save(folder / "decoder_image.onnx")
 
     g = _Graph("decoder_points")
     side = [
         g.input("image_keys", [1, EMBED_SIZE * EMBED_SIZE, EMBED_DIM]),
-        *(g.input(name, tokens) for name in ("token_keys", "token_values", "image_queries")),
+        *(g.input(name, token_shapes[name]) for name in ("token_keys", "token_values", "image_queries")),
     ]
     coords = g.input("point_coords", coords_shape)
     labels = g.input("point_labels", labels_shape)
