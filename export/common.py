@@ -131,8 +131,10 @@ def _shown(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, entry: str | None = None) -> dict[str, torch.Tensor]:
     """Load a state-dict checkpoint with ``torch.load(weights_only=True)``: no code is unpickled.
+
+    ``entry``: the file holds a dict whose ``entry`` item is the state dict (SAM 2.1's ``"model"``).
 
     Raises:
         CheckpointError: the file is not a readable torch archive, or it holds anything but a dict of
@@ -153,7 +155,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path} could not be read as a PyTorch state dict: {_library_detail(exc)}") from exc
-    if isinstance(obj, dict) and "model" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+    if entry is not None:
+        if not isinstance(obj, dict) or entry not in obj:
+            keys = sorted(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{path} is not a checkpoint with a {entry!r} entry (got {keys})")
+        obj = obj[entry]
+    elif isinstance(obj, dict) and "model" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds a training checkpoint (keys {sorted(obj)[:6]}), not a state dict")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} is not a state dict: expected a dict of tensors, got {type(obj).__name__}")

@@ -321,6 +321,14 @@ def export_model(
     spec: ModelSpec = get_spec(name)
     if ir_precision not in TOLERANCE:
         raise ValueError(f"ir_precision must be one of {sorted(TOLERANCE)}, got {ir_precision!r}")
+    if int8:
+        from fastseg_export.int8 import INT8_GRAPHS
+
+        if spec.family not in INT8_GRAPHS:
+            raise ValueError(
+                f"--int8 quantizes SAM, MobileSAM and FastSAM image graphs; it is not available for {name} "
+                f"(family {spec.family!r})"
+            )
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")

@@ -30,6 +30,10 @@ def family_module(family: str):
         from fastseg_export import fastsam
 
         return fastsam
+    if family == "sam2":
+        from fastseg_export import sam2
+
+        return sam2
     raise ValueError(f"unknown family {family!r}")
 
 

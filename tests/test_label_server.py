@@ -963,3 +963,35 @@ def test_without_fastapi_the_error_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "pip install 'fastseg[label]'" in result.stdout and "fastapi" in result.stdout
+
+
+def test_a_sam2_model_labels_like_sam(folder: Path, open_client: Any, exported_model: Any) -> None:
+    """SAM 2.1 on the page's API: three candidates, a refinement fed the previous logits, an accept, and
+    a COCO export equal to ``Predictor.predict`` for the same clicks."""
+    model = exported_model("sam2.1_hiera_tiny")
+    client = open_client(folder, model, everything_params={})
+    first = client.post("/api/predict", json={"index": 1, "points": [[80, 50]], "labels": [1], "multimask": True})
+    assert first.status_code == 200, first.text
+    assert len(first.json()["candidates"]) == 3
+    refine = {"index": 1, "points": [[80, 50], [20, 15]], "labels": [1, 0], "multimask": False,
+              "mask_input": "previous", "previous": first.json()["prompt_id"], "candidate": 0}
+    second = client.post("/api/predict", json=refine)
+    assert second.status_code == 200, second.text
+    assert second.json()["mask_input"] is True and len(second.json()["candidates"]) == 1
+    accepted = client.post(
+        "/api/images/1/instances", json={"label": "cat", "prompt_id": second.json()["prompt_id"], "candidate": 0}
+    )
+    assert accepted.status_code == 200, accepted.text
+    everything = client.post("/api/images/1/everything", json={})
+    assert everything.status_code == 400 and "not available for SAM 2.1" in everything.text
+    coco = client.post("/api/export", json={"format": "coco", "segmentation": "rle"}).json()
+    index = pycocotools_coco.COCO(coco["path"])
+    ann = index.loadAnns(index.getAnnIds())[0]
+
+    predictor = fastseg.Predictor(model, num_threads=1, cache_dir=False)
+    predictor.set_image(np.asarray(Image.open(folder / files_of(folder)[1]).convert("RGB")))
+    one = predictor.predict(points=[[80, 50]], labels=[1], multimask=True)
+    two = predictor.predict(
+        points=[[80, 50], [20, 15]], labels=[1, 0], mask_input=one.low_res_logits[0:1], multimask=False
+    )
+    assert np.array_equal(index.annToMask(ann).astype(bool), two.masks[0])

@@ -117,7 +117,7 @@ def test_more_malformed_manifests(tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     for change, message in (
         ({"graphs": None}, "lacks the 'graphs' entry"),
-        ({"family": "yolo"}, r"unknown family 'yolo', expected one of \['fastsam', 'sam'\]"),
+        ({"family": "yolo"}, r"unknown family 'yolo', expected one of \['fastsam', 'sam', 'sam2'\]"),
         ({"graphs": {"encoder": manifest["graphs"]["encoder"]}}, r"family 'sam' needs graphs \['decoder',"),
         ({"spec": {**manifest["spec"], "pixel_mean": None}}, "malformed 'spec' entry"),
         ({"spec": {**manifest["spec"], "colour": "blue"}}, "malformed 'spec' entry"),

@@ -186,3 +186,41 @@ def test_int8_predict_without_torch(tmp_path: Path) -> None:
     )
     assert out["loaded"] == [] and out["attempts"] == []
     assert out["precision"] == "int8" and out["encoder"] == "int8" and out["masks"] == 3
+
+
+def test_sam2_predict_without_torch(exported_model, photos, tmp_path: Path) -> None:
+    """A SAM 2.1 export: predict on both backends, its embedding on disk and back, ``fastseg.segment``
+    with a box, and the clear refusal of everything mode, with every forbidden package refused."""
+    image_path = tmp_path / "photo.npy"
+    np.save(image_path, photos["chelsea"])
+    folder = exported_model("sam2.1_hiera_tiny")
+    out = _run(
+        _blocker()
+        + textwrap.dedent(
+            f"""
+            import numpy as np
+            import fastseg
+            image = np.load({str(image_path)!r})
+            shapes = {{}}
+            for backend in ("openvino", "onnxruntime"):
+                predictor = fastseg.Predictor({str(folder)!r}, backend=backend, cache_dir=False)
+                predictor.set_image(image)
+                result = predictor.predict(points=[[225, 150]], labels=[1])
+                path = fastseg.save_embedding({str(tmp_path)!r} + "/sam2", predictor.get_image_embedding())
+                predictor.set_image_embedding(fastseg.load_embedding(path))
+                assert np.array_equal(result.masks, predictor.predict(points=[[225, 150]], labels=[1]).masks)
+                try:
+                    predictor.everything()
+                except ValueError as exc:
+                    refused = str(exc)
+                shapes[backend] = [list(result.masks.shape), refused[:40]]
+            one = fastseg.segment(image, model={str(folder)!r}, boxes=[50, 50, 300, 250], backend="onnxruntime")
+            shapes["segment"] = list(one.masks.shape)
+            report(shapes=shapes)
+            """
+        )
+    )
+    assert out["loaded"] == [] and out["attempts"] == []
+    for backend in ("openvino", "onnxruntime"):
+        assert out["shapes"][backend] == [[3, 300, 451], "everything mode is not available for SAM"]
+    assert out["shapes"]["segment"] == [3, 300, 451]

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
 from fastseg.paths import atomic_write
+from fastseg.registry import SAM_LIKE_FAMILIES
 
 if TYPE_CHECKING:
     from fastseg.formats import Prompt
@@ -212,7 +213,7 @@ class Worker:
         if not prompts:
             return []
         handle = self.predictor.encode(pixels)
-        sam = self.predictor.folder.family == "sam"
+        sam = self.predictor.folder.family in SAM_LIKE_FAMILIES
         results: list[tuple[Mapping[str, Any], npt.NDArray[np.bool_], float]] = []
         # SAM: the box-only prompts in one decoder batch (one mask each, as SamPredictor with a box).
         batched = [p for p in prompts if sam and p.get("box") is not None and not p.get("points")]

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from fastseg import __version__
 from fastseg.backends import BACKENDS, PRECISIONS
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU
+from fastseg.registry import SAM_LIKE_FAMILIES
 
 if TYPE_CHECKING:
     from fastseg.predictor import Predictor
@@ -86,7 +87,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     predictor.set_image(image)
     result = predictor.predict(points=points, labels=labels, boxes=boxes, multimask=not args.single_mask)
     elapsed = time.perf_counter() - start
-    best = result.best() if predictor.folder.family == "sam" else result
+    best = result.best() if predictor.folder.family in SAM_LIKE_FAMILIES else result
     union = (
         cast("npt.NDArray[np.bool_]", best.masks.any(axis=0)) if len(best) else np.zeros(image.shape[:2], dtype=bool)
     )

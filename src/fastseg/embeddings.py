@@ -42,6 +42,7 @@ from fastseg.image import check_image_size
 from fastseg.paths import atomic_write
 from fastseg.registry import REGISTRY
 from fastseg.sam import ImageEmbedding
+from fastseg.sam2 import ENCODER_OUTPUTS, Sam2ImageEmbedding
 
 __all__ = ["FORMAT", "load_embedding", "save_embedding"]
 
@@ -49,15 +50,16 @@ __all__ = ["FORMAT", "load_embedding", "save_embedding"]
 FORMAT = "fastseg-image-embedding/1"
 
 # family -> the embedding class and the arrays it stores, besides the common metadata.
-_KINDS: dict[str, type[ImageEmbedding] | type[FastSamImageEmbedding]] = {
+_KINDS: dict[str, type[ImageEmbedding] | type[FastSamImageEmbedding] | type[Sam2ImageEmbedding]] = {
     "sam": ImageEmbedding,
     "fastsam": FastSamImageEmbedding,
+    "sam2": Sam2ImageEmbedding,
 }
-_ARRAYS = {"sam": ("embedding",), "fastsam": ("detections", "protos")}
+_ARRAYS = {"sam": ("embedding",), "fastsam": ("detections", "protos"), "sam2": ENCODER_OUTPUTS}
 _METADATA = ("format", "family", "model", "original_size", "input_size")
 #: Dimensions of each array (the leading one is 1): SAM ``(1, C, H, W)``; FastSAM detections
 #: ``(1, 5 + M, A)`` and protos ``(1, M, H / 4, W / 4)``.
-_NDIM = {"embedding": 4, "detections": 3, "protos": 4}
+_NDIM = {"embedding": 4, "detections": 3, "protos": 4, **{name: 4 for name in ENCODER_OUTPUTS}}
 #: Names of the extra string members of :func:`save_tagged_embedding`.
 _TAG_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _RESERVED = frozenset(_METADATA) | frozenset(_NDIM)
@@ -94,12 +96,7 @@ def save_tagged_embedding(path: Path, embedding: ImageEmbeddingLike, tags: Mappi
         tags: member name (lowercase letters, digits, ``_``; not one of the embedding's own) -> a
             string of at most :data:`MAX_STRING_LENGTH` characters.
     """
-    family = next((f for f, cls in _KINDS.items() if isinstance(embedding, cls)), None)
-    if family is None:
-        raise TypeError(
-            "expected an image embedding from Predictor.get_image_embedding() "
-            f"(fastseg.sam.ImageEmbedding or fastseg.fastsam.FastSamImageEmbedding), got {type(embedding).__name__}"
-        )
+    family = embedding_family(embedding)
     for key, value in tags.items():
         _check_tag_name(key)
         if not isinstance(value, str) or len(value) > MAX_STRING_LENGTH:
@@ -123,6 +120,17 @@ def save_tagged_embedding(path: Path, embedding: ImageEmbeddingLike, tags: Mappi
             **arrays,
         )
     return path
+
+
+def embedding_family(embedding: object) -> str:
+    """The model family of an image embedding (``TypeError`` if it is not one)."""
+    family = next((f for f, cls in _KINDS.items() if isinstance(embedding, cls)), None)
+    if family is None:
+        raise TypeError(
+            "expected an image embedding from Predictor.get_image_embedding() (fastseg.sam.ImageEmbedding, "
+            f"fastseg.fastsam.FastSamImageEmbedding or fastseg.sam2.Sam2ImageEmbedding), got {type(embedding).__name__}"
+        )
+    return family
 
 
 def load_embedding(path: str | os.PathLike[str]) -> ImageEmbeddingLike:

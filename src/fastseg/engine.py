@@ -1,6 +1,7 @@
 """The contract between the :class:`~fastseg.predictor.Predictor` and a model family's engine.
 
-A family (SAM / MobileSAM in :mod:`fastseg.sam`, FastSAM in :mod:`fastseg.fastsam`) implements
+A family (SAM / MobileSAM in :mod:`fastseg.sam`, FastSAM in :mod:`fastseg.fastsam`, SAM 2.1 in
+:mod:`fastseg.sam2`) implements
 :class:`Engine`. The Predictor loads the image, validates prompts once (:mod:`fastseg.prompts`),
 serialises calls and hands the engine values it can trust. An engine holds one image's state; a
 Predictor keeps several engines over the same sessions, one per image whose handle it keeps ready
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from fastseg.records import MaskRecords
     from fastseg.results import SegmentationResult
     from fastseg.sam import ImageEmbedding
+    from fastseg.sam2 import Sam2ImageEmbedding
 
 #: What ``Predictor.get_image_embedding`` returns and ``set_image_embedding`` takes back (of the model's family).
-ImageEmbeddingLike: TypeAlias = "ImageEmbedding | FastSamImageEmbedding"
+ImageEmbeddingLike: TypeAlias = "ImageEmbedding | FastSamImageEmbedding | Sam2ImageEmbedding"
 
 #: ``progress(points_done, points_total, crops_done, crops_total, masks_kept)`` of a long everything run.
 ProgressCallback = Callable[[int, int, int, int, int], None]
@@ -41,7 +43,7 @@ class Engine(Protocol):
     """One model family's pipeline around its graphs, for one image at a time.
 
     Attributes:
-        family: ``"sam"`` or ``"fastsam"``.
+        family: ``"sam"``, ``"fastsam"`` or ``"sam2"``.
         model_name: the registry name of the model (embeddings of other models are refused).
         low_res_size: side of the low-resolution mask logits a prompt may pass back as
             ``mask_input`` (from the model folder); None if the family takes no mask input.

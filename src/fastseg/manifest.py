@@ -27,7 +27,11 @@ from fastseg.registry import ModelSpec, spec_from_dict
 MANIFEST_NAME = "manifest.json"
 FORMAT = "fastseg-model"
 FORMAT_VERSION = 2  # 2: SAM folders gained decoder_image and decoder_points
-GRAPHS_BY_FAMILY = {"sam": ("encoder", "decoder", "decoder_image", "decoder_points"), "fastsam": ("network",)}
+GRAPHS_BY_FAMILY = {
+    "sam": ("encoder", "decoder", "decoder_image", "decoder_points"),
+    "fastsam": ("network",),
+    "sam2": ("encoder", "decoder"),
+}
 #: The backends' keys in a graph entry of the manifest.
 GRAPH_FILE_KEYS = {"openvino": "openvino", "onnxruntime": "onnx"}
 #: The key of a graph's INT8 OpenVINO IR (``fastseg export --int8``), in the image graphs' entries.

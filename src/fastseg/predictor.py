@@ -24,6 +24,7 @@ from fastseg.prompts import check_flag, validate_prompts
 from fastseg.records import MaskRecords
 from fastseg.results import SegmentationResult
 from fastseg.sam import ImageEmbedding
+from fastseg.sam2 import Sam2ImageEmbedding
 from fastseg.store import EmbeddingStore, StoreWarning, image_key, model_key
 
 _handle_ids = itertools.count(1)
@@ -180,6 +181,10 @@ class Predictor:
             from fastseg.sam import SamEngine
 
             self._new_engine = lambda: SamEngine(self.folder, sessions)
+        elif self.folder.family == "sam2":
+            from fastseg.sam2 import Sam2Engine
+
+            self._new_engine = lambda: Sam2Engine(self.folder, sessions)
         else:
             from fastseg.fastsam import FastSamEngine
 
@@ -222,7 +227,7 @@ class Predictor:
     def encode(self, image: ImageLike | ImageEmbeddingLike) -> ImageHandle:
         """A handle for ``image`` (as :meth:`set_image` loads it, or an embedding of this model, e.g.
         from :func:`fastseg.load_embedding`), without changing the image set."""
-        if isinstance(image, (ImageEmbedding, FastSamImageEmbedding)):
+        if isinstance(image, (ImageEmbedding, FastSamImageEmbedding, Sam2ImageEmbedding)):
             embedding = image
             with self._lock:
                 return self._new_handle(lambda engine: engine.set_image_embedding(embedding), None)

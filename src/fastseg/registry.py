@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Family = Literal["sam", "fastsam"]
+Family = Literal["sam", "fastsam", "sam2"]
+
+#: Families prompted as SAM is: three candidates per prompt (``multimask``), low-resolution logits
+#: that can be fed back as ``mask_input``.
+SAM_LIKE_FAMILIES = frozenset({"sam", "sam2"})
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+#: SAM 2.1's ImageNet normalisation, of 0..1 values (``SAM2Transforms``: ToTensor, Resize, Normalize).
+SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
+SAM2_PIXEL_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -23,14 +30,19 @@ class ModelSpec:
 
     Attributes:
         name: registry name, e.g. ``"mobile_sam"``.
-        family: ``"sam"`` (image encoder + prompt decoder) or ``"fastsam"`` (one YOLOv8-seg network).
+        family: ``"sam"`` (image encoder + prompt decoder), ``"fastsam"`` (one YOLOv8-seg network) or
+            ``"sam2"`` (SAM 2.1 for images: Hiera encoder with its FPN neck + prompt decoder).
         input_size: longest side (SAM) or letterbox size (FastSAM) of the network input, in pixels.
         pixel_mean, pixel_std: RGB normalisation ``(x - mean) / std`` of 0..255 pixels (FastSAM: mean 0,
-            std 255, ultralytics' ``x / 255``).
-        resize: ``"longest_side"`` (SAM: resize so the longest side is ``input_size``, pad bottom/right)
-            or ``"letterbox"`` (FastSAM: ultralytics letterbox, centred padding with value 114).
+            std 255, ultralytics' ``x / 255``); with ``resize="square"``, of 0..1 values (``x / 255``
+            first, as ``SAM2Transforms`` does).
+        resize: ``"longest_side"`` (SAM: resize so the longest side is ``input_size``, pad bottom/right),
+            ``"letterbox"`` (FastSAM: ultralytics letterbox, centred padding with value 114) or
+            ``"square"`` (SAM 2.1: ``x / 255``, resized to ``input_size`` x ``input_size`` without keeping
+            the aspect ratio, bilinear with antialiasing, then normalised).
         mask_threshold: logit threshold that turns mask logits into a binary mask.
-        checkpoint_format: ``"sam_state_dict"``, ``"mobile_sam_state_dict"`` or ``"ultralytics"``.
+        checkpoint_format: ``"sam_state_dict"``, ``"mobile_sam_state_dict"``, ``"ultralytics"`` or
+            ``"sam2_checkpoint"`` (a dict whose ``"model"`` entry is the state dict).
         checkpoint_filename: the file name of the official checkpoint.
         checkpoint_url: where the official checkpoint is published.
         checkpoint_sha256: sha256 of the official file, when known; downloads are verified against it.
@@ -43,9 +55,9 @@ class ModelSpec:
     input_size: int
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
-    resize: Literal["longest_side", "letterbox"]
+    resize: Literal["longest_side", "letterbox", "square"]
     mask_threshold: float
-    checkpoint_format: Literal["sam_state_dict", "mobile_sam_state_dict", "ultralytics"]
+    checkpoint_format: Literal["sam_state_dict", "mobile_sam_state_dict", "ultralytics", "sam2_checkpoint"]
     checkpoint_filename: str
     checkpoint_url: str
     checkpoint_sha256: str | None = None
@@ -97,6 +109,24 @@ def _fastsam(name: str, filename: str, sha256: str) -> ModelSpec:
     )
 
 
+def _sam2(name: str) -> ModelSpec:
+    filename = f"{name}.pt"
+    return ModelSpec(
+        name=name,
+        family="sam2",
+        input_size=1024,
+        pixel_mean=SAM2_PIXEL_MEAN,
+        pixel_std=SAM2_PIXEL_STD,
+        resize="square",
+        mask_threshold=0.0,
+        checkpoint_format="sam2_checkpoint",
+        checkpoint_filename=filename,
+        # The release of 2024-09-28 that sam2's checkpoints/download_ckpts.sh fetches (SAM2p1_BASE_URL).
+        checkpoint_url=f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{filename}",
+        checkpoint_sha256=None,
+    )
+
+
 REGISTRY: dict[str, ModelSpec] = {
     # SAM sha256s: computational-cell-analytics/micro-sam micro_sam/util.py (registry "vit_b", "vit_l",
     # "vit_h", for these dl.fbaipublicfiles.com URLs), and the Git LFS pointers of the same files on the
@@ -144,6 +174,11 @@ REGISTRY: dict[str, ModelSpec] = {
     "fastsam_x": _fastsam(
         "fastsam_x", "FastSAM-x.pt", "752cadc2828edb1cd4bc4f9eb587100631af06ea2108f4c9ed56df4755701e76"
     ),
+    # SAM 2.1 (Meta's sam2 package). No sha256 of these files is published by Meta; none is pinned yet.
+    **{
+        name: _sam2(name)
+        for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
+    },
 }
 
 

@@ -56,11 +56,10 @@ import numpy as np
 import numpy.typing as npt
 
 from fastseg.backends import _outside_fastseg
-from fastseg.embeddings import load_tagged_embedding, save_tagged_embedding
+from fastseg.embeddings import embedding_family, load_tagged_embedding, save_tagged_embedding
 from fastseg.engine import ImageEmbeddingLike
 from fastseg.manifest import GRAPH_FILE_KEYS, ModelFolder, file_sha256
 from fastseg.paths import atomic_write
-from fastseg.sam import ImageEmbedding
 
 __all__ = ["MARKER_NAME", "STORE_FORMAT", "STORE_VERSION", "EmbeddingStore", "StoreWarning", "image_key", "model_key"]
 
@@ -72,7 +71,7 @@ MARKER_NAME = "fastseg-store.json"
 #: The model description file in each model's folder.
 MODEL_INFO_NAME = "model.json"
 #: The graph whose outputs an embedding holds, per family.
-IMAGE_GRAPH = {"sam": "encoder", "fastsam": "network"}
+IMAGE_GRAPH = {"sam": "encoder", "fastsam": "network", "sam2": "encoder"}
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _IMAGE_KEY_TAG = "store_image_key"
@@ -252,7 +251,7 @@ class EmbeddingStore:
         save_tagged_embedding(path, embedding, {_IMAGE_KEY_TAG: image_key, _MODEL_KEY_TAG: model_key})
         info = path.parent.parent / MODEL_INFO_NAME
         if not info.exists():
-            family = "sam" if isinstance(embedding, ImageEmbedding) else "fastsam"
+            family = embedding_family(embedding)
             described = {"model_key": model_key, "model": embedding.model, "family": family, **(about or {})}
             with atomic_write(info, binary=False) as f:
                 f.write(json.dumps(described, indent=2) + "\n")

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from fastseg.registry import SAM_LIKE_FAMILIES
+
 if TYPE_CHECKING:
     from fastseg.backends import Backend, Precision
     from fastseg.predictor import ImageHandle, Predictor
@@ -670,7 +672,7 @@ class LabelSession:
         """
         entry = self._get(self.check_index(index))
         mask_input = None
-        if previous and self.family == "sam":
+        if previous and self.family in SAM_LIKE_FAMILIES:
             mask_input = self._previous_logits(index, previous_id, candidate)
         start = time.perf_counter()
         result = self.click.predict(
@@ -684,7 +686,7 @@ class LabelSession:
             None if a == 0 else [float(v) + (1.0 if k >= 2 else 0.0) for k, v in enumerate(b)]
             for a, b in zip(areas, result.boxes)
         ]
-        if self.family != "sam":  # FastSAM: the selected detections, as one candidate
+        if self.family not in SAM_LIKE_FAMILIES:  # FastSAM: the selected detections, as one candidate
             if len(masks):
                 masks = np.asarray(masks.any(axis=0, keepdims=True), dtype=bool)
                 scores = np.asarray(scores.max(keepdims=True), dtype=np.float32)
