@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +523,23 @@ def manifest_extra(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def check_prompt_sets(
+    build_prompt_arrays: Callable[..., tuple[np.ndarray, np.ndarray]], size: tuple[int, int], input_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two prompt sets a decoder self-check runs, laid out by the runtime's ``build_prompt_arrays``:
+    one foreground point (padded with label -1 to the other set's length) and two points plus a box.
+    Returns ``(one_xy, one_labels, set_xy, set_labels)``."""
+    h, w = size
+    points = np.array([[0.5 * w, 0.5 * h], [0.3 * w, 0.6 * h]], dtype=np.float32)
+    box = np.array([[0.2 * w, 0.25 * h, 0.8 * w, 0.75 * h]], dtype=np.float32)
+    one_xy, one_labels = build_prompt_arrays(points[:1], np.array([1]), None, (h, w), input_size)
+    set_xy, set_labels = build_prompt_arrays(points, np.array([1, 0]), box, (h, w), input_size)
+    pad = set_xy.shape[1] - one_xy.shape[1]
+    one_xy = np.concatenate([one_xy, np.zeros((1, pad, 2), np.float32)], axis=1)
+    one_labels = np.concatenate([one_labels, np.full((1, pad), -1.0, np.float32)], axis=1)
+    return one_xy, one_labels, set_xy, set_labels
+
+
 def check_inputs(
     model: nn.Module,
     spec: ModelSpec,
@@ -547,14 +565,9 @@ def check_inputs(
         embedding = SamEncoder(model).eval()(torch.from_numpy(tensor)).numpy()
     if known_outputs is not None:
         known_outputs["encoder"] = {"image_embeddings": embedding.copy()}
-    h, w = image.shape[:2]
-    points = np.array([[0.5 * w, 0.5 * h], [0.3 * w, 0.6 * h]], dtype=np.float32)
-    box = np.array([[0.2 * w, 0.25 * h, 0.8 * w, 0.75 * h]], dtype=np.float32)
-    one_xy, one_labels = rt.build_prompt_arrays(points[:1], np.array([1]), None, (h, w), spec.input_size)
-    set_xy, set_labels = rt.build_prompt_arrays(points, np.array([1, 0]), box, (h, w), spec.input_size)
-    pad = set_xy.shape[1] - one_xy.shape[1]
-    one_xy = np.concatenate([one_xy, np.zeros((1, pad, 2), np.float32)], axis=1)
-    one_labels = np.concatenate([one_labels, np.full((1, pad), -1.0, np.float32)], axis=1)
+    one_xy, one_labels, set_xy, set_labels = check_prompt_sets(
+        rt.build_prompt_arrays, image.shape[:2], spec.input_size
+    )
     decoder = SamDecoder(model).eval()
     no_mask = torch.zeros(1, 1, LOW_RES_SIZE, LOW_RES_SIZE)
     with torch.no_grad():
@@ -590,6 +603,7 @@ __all__ = [
     "SamPointDecoder",
     "build_model",
     "check_inputs",
+    "check_prompt_sets",
     "graphs",
     "load_model",
     "manifest_extra",

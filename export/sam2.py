@@ -31,6 +31,7 @@ from torch import nn
 from fastseg.registry import ModelSpec
 from fastseg_export.common import Graph, atomic_torch_save, check_state_dict_matches, load_state_dict
 from fastseg_export.references import SAM2_CONFIG
+from fastseg_export.sam import check_prompt_sets
 
 #: As for SAM (:data:`fastseg_export.sam.HYPERNETWORK_SCALE`): decisive random-weight mask logits.
 HYPERNETWORK_SCALE = 30.0
@@ -211,14 +212,9 @@ def check_inputs(
     arrays = {name: t.numpy().copy() for name, t in zip(rt.ENCODER_OUTPUTS, feats)}
     if known_outputs is not None:
         known_outputs["encoder"] = {name: a.copy() for name, a in arrays.items()}
-    h, w = image.shape[:2]
-    points = np.array([[0.5 * w, 0.5 * h], [0.3 * w, 0.6 * h]], dtype=np.float32)
-    box = np.array([[0.2 * w, 0.25 * h, 0.8 * w, 0.75 * h]], dtype=np.float32)
-    one_xy, one_labels = rt.build_prompt_arrays(points[:1], np.array([1]), None, (h, w), spec.input_size)
-    set_xy, set_labels = rt.build_prompt_arrays(points, np.array([1, 0]), box, (h, w), spec.input_size)
-    pad = set_xy.shape[1] - one_xy.shape[1]
-    one_xy = np.concatenate([one_xy, np.zeros((1, pad, 2), np.float32)], axis=1)
-    one_labels = np.concatenate([one_labels, np.full((1, pad), -1.0, np.float32)], axis=1)
+    one_xy, one_labels, set_xy, set_labels = check_prompt_sets(
+        rt.build_prompt_arrays, image.shape[:2], spec.input_size
+    )
     decoder = Sam2Decoder(model).eval()
     size = LOW_RES_SIZE
     with torch.no_grad():

@@ -31,7 +31,14 @@ from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, ModelFolderError
 from fastseg.ops import masks_to_boxes
 from fastseg.registry import Family, ModelSpec
 from fastseg.results import SegmentationResult
-from fastseg.sam import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING, MAX_DECODER_BATCH, UpscalePlan
+from fastseg.sam import (
+    LABEL_BOX_BOTTOM_RIGHT,
+    LABEL_BOX_TOP_LEFT,
+    LABEL_PADDING,
+    MAX_DECODER_BATCH,
+    UpscalePlan,
+    _require_names,
+)
 
 if TYPE_CHECKING:
     from fastseg.backends import Session
@@ -376,9 +383,3 @@ class Sam2Engine:
             f"everything mode is not available for SAM 2.1 models ({self.model_name}): "
             "use a SAM, MobileSAM or FastSAM model for automatic masks"
         )
-
-
-def _require_names(have: Any, needed: tuple[str, ...], what: str) -> None:
-    missing = [n for n in needed if n not in tuple(have)]
-    if missing:
-        raise ValueError(f"{what} must include {list(needed)}; missing {missing} (got {list(have)})")
