@@ -145,6 +145,17 @@ def synthetic_official_sam(torch: Any) -> Any:
     return Sam(image_encoder=Encoder(), prompt_encoder=Prompts(), mask_decoder=Decoder()).eval()
 
 
+def gap_threshold(values: np.ndarray, q: float) -> float:
+    """A threshold near quantile ``q`` of ``values``, half-way across the widest gap between
+    neighbouring observed values close to it (so no value sits within float noise of it)."""
+    v = np.unique(np.asarray(values, dtype=np.float64))
+    assert len(v) >= 8, f"need a score distribution, got {len(v)} distinct values"
+    i = int(q * (len(v) - 1))
+    lo, hi = max(i - 3, 0), min(i + 4, len(v) - 1)
+    k = lo + int(np.argmax(np.diff(v[lo : hi + 1])))
+    return float((v[k] + v[k + 1]) / 2)
+
+
 # ----------------------------------------------------------------------------------------------
 # parity with an official generator
 # ----------------------------------------------------------------------------------------------

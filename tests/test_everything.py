@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from everything_helpers import assert_parity, match
+from everything_helpers import assert_parity, gap_threshold, match
 from PIL import Image
 
 from fastseg import Predictor, records
@@ -50,17 +50,6 @@ def _generator_class(name: str) -> Any:
     else:
         from segment_anything import SamAutomaticMaskGenerator
     return SamAutomaticMaskGenerator
-
-
-def _gap_threshold(values: np.ndarray, q: float) -> float:
-    """A threshold near quantile ``q`` of ``values``, half-way across the widest gap between
-    neighbouring observed values close to it (so no value sits within float noise of it)."""
-    v = np.unique(np.asarray(values, dtype=np.float64))
-    assert len(v) >= 8, f"need a score distribution, got {len(v)} distinct values"
-    i = int(q * (len(v) - 1))
-    lo, hi = max(i - 3, 0), min(i + 4, len(v) - 1)
-    k = lo + int(np.argmax(np.diff(v[lo : hi + 1])))
-    return float((v[k] + v[k + 1]) / 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,8 +104,8 @@ def _thresholds_from_distribution(predictor: Predictor, points_per_side: int) ->
     assert len(everything) == 3 * points_per_side**2
     # Random weights: predicted IoU is roughly in [-0.4, 0.2]; keep ~70% of the positive ones, then
     # ~60% of those by stability.
-    iou_thresh = _gap_threshold(iou[iou > 0], 0.3)
-    stab_thresh = _gap_threshold(stability[iou > iou_thresh], 0.4)
+    iou_thresh = gap_threshold(iou[iou > 0], 0.3)
+    stab_thresh = gap_threshold(stability[iou > iou_thresh], 0.4)
     kept = int(((iou > iou_thresh) & (stability >= stab_thresh)).sum())
     assert 20 <= kept < (iou > iou_thresh).sum() < len(iou), "the thresholds must each filter something"
     return {"pred_iou_thresh": iou_thresh, "stability_score_thresh": stab_thresh}

@@ -190,7 +190,8 @@ def test_int8_predict_without_torch(tmp_path: Path) -> None:
 
 def test_sam2_predict_without_torch(exported_model, photos, tmp_path: Path) -> None:
     """A SAM 2.1 export: predict on both backends, its embedding on disk and back, ``fastseg.segment``
-    with a box, and the clear refusal of everything mode, with every forbidden package refused."""
+    with a box, and everything mode (with the hole and sprinkle clean-up and mask-to-mask refinement),
+    with every forbidden package refused."""
     image_path = tmp_path / "photo.npy"
     np.save(image_path, photos["chelsea"])
     folder = exported_model("sam2.1_hiera_tiny")
@@ -209,11 +210,11 @@ def test_sam2_predict_without_torch(exported_model, photos, tmp_path: Path) -> N
                 path = fastseg.save_embedding({str(tmp_path)!r} + "/sam2", predictor.get_image_embedding())
                 predictor.set_image_embedding(fastseg.load_embedding(path))
                 assert np.array_equal(result.masks, predictor.predict(points=[[225, 150]], labels=[1]).masks)
-                try:
-                    predictor.everything()
-                except ValueError as exc:
-                    refused = str(exc)
-                shapes[backend] = [list(result.masks.shape), refused[:40]]
+                every = predictor.everything(
+                    points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                    min_mask_region_area=50, use_m2m=True, output_mode="coco_rle",
+                )
+                shapes[backend] = [list(result.masks.shape), len(every)]
             one = fastseg.segment(image, model={str(folder)!r}, boxes=[50, 50, 300, 250], backend="onnxruntime")
             shapes["segment"] = list(one.masks.shape)
             report(shapes=shapes)
@@ -222,5 +223,5 @@ def test_sam2_predict_without_torch(exported_model, photos, tmp_path: Path) -> N
     )
     assert out["loaded"] == [] and out["attempts"] == []
     for backend in ("openvino", "onnxruntime"):
-        assert out["shapes"][backend] == [[3, 300, 451], "everything mode is not available for SAM"]
+        assert out["shapes"][backend] == [[3, 300, 451], 27]
     assert out["shapes"]["segment"] == [3, 300, 451]

@@ -8,6 +8,12 @@ outputs per point, ``predicted_iou > pred_iou_thresh``, stability score on the u
 crop, box NMS across crops (smaller crops preferred), optional removal of small islands and holes
 (:mod:`fastseg.components`), then records (:mod:`fastseg.records`).
 
+``SAM2AutomaticMaskGenerator`` (Meta's ``sam2``) is the same pipeline with other defaults
+(:class:`Sam2EverythingParams`), SAM 2's prompt layout and single-mask choice, an optional
+mask-to-mask refinement (``use_m2m``), upscaling straight from the low-resolution logits, and, for
+``min_mask_region_area``, the predictor's clean-up of low-resolution holes and sprinkles instead of
+SAM's full-resolution one.
+
 What differs is only the order of work, never the result: the decoder runs several prompt sets per
 call; masks are filtered by predicted IoU *before* upscaling (the original filters the upscaled batch
 on ``iou_preds``, which do not depend on upscaling), only survivors are upscaled, a few at a time;
@@ -23,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +42,7 @@ from fastseg.sam import LABEL_FOREGROUND, MAX_DECODER_BATCH, UpscalePlan, build_
 
 if TYPE_CHECKING:
     from fastseg.sam import SamEngine
+    from fastseg.sam2 import Sam2Engine
 
 #: ``is_box_near_crop_edge``: box edges within this many pixels of a crop edge (not an image edge)
 #: mean the mask was cut by the crop.
@@ -220,6 +227,43 @@ class SamEverythingParams:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class Sam2EverythingParams(SamEverythingParams):
+    """``SAM2AutomaticMaskGenerator``'s parameters: SAM's, with its own defaults, plus three.
+
+    Attributes (beyond :class:`SamEverythingParams`, whose meaning holds):
+        pred_iou_thresh: 0.8 by default (SAM: 0.88).
+        mask_threshold: the logit threshold of the masks and of the stability score (SAM uses the
+            model's, 0).
+        use_m2m: refine each mask once more, with its own low-resolution logits as mask input
+            (single-mask output); the predicted-IoU filter then applies to the refined masks.
+        multimask_output: three masks per point (the decoder's 1..3); else one, SAM 2's own choice
+            (mask 0 if stable, else the best of 1..3).
+        min_mask_region_area: if > 0, holes and sprinkles of at most this many *low-resolution*
+            pixels are removed before upscaling (the generator's ``SAM2ImagePredictor`` is built with
+            ``max_hole_area = max_sprinkle_area = min_mask_region_area``); SAM 2's generator runs no
+            clean-up of the full-resolution masks, unlike SAM's.
+    """
+
+    pred_iou_thresh: float = 0.8
+    mask_threshold: float = 0.0
+    use_m2m: bool = False
+    multimask_output: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        value = self.mask_threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"mask_threshold must be a finite number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"mask_threshold must be a finite number, got {value}")
+        object.__setattr__(self, "mask_threshold", float(value))
+        for name in ("use_m2m", "multimask_output"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+
 def _crop_count(crop_n_layers: int) -> int:
     """Crops of :func:`generate_crop_boxes`: the image, then ``4**i`` crops in layer ``i``."""
     return int(4 ** (crop_n_layers + 1) - 1) // 3
@@ -250,19 +294,27 @@ def _check_grids(grids: Any, crop_n_layers: int) -> tuple[npt.NDArray[np.float64
 
 #: Every everything-mode parameter name (the SAM generator's; FastSAM takes only ``output_mode``).
 PARAMETERS = tuple(SamEverythingParams.__dataclass_fields__)
+#: ``SAM2AutomaticMaskGenerator``'s parameter names: SAM's plus three.
+SAM2_PARAMETERS = tuple(Sam2EverythingParams.__dataclass_fields__)
 
 
-def check_parameter_names(options: Mapping[str, object]) -> None:
+def check_parameter_names(options: Mapping[str, object], parameters: tuple[str, ...] = PARAMETERS) -> None:
     """Unknown everything-mode parameter names raise ``TypeError``, as an unexpected keyword argument does."""
-    unknown = sorted(set(options) - set(PARAMETERS))
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise TypeError(f"unknown everything-mode parameter(s) {unknown}; expected some of {list(PARAMETERS)}")
+        raise TypeError(f"unknown everything-mode parameter(s) {unknown}; expected some of {list(parameters)}")
 
 
 def params_from_options(options: Mapping[str, Any]) -> SamEverythingParams:
     """Validated generator parameters from keyword options (unknown names: ``TypeError``)."""
     check_parameter_names(options)
     return SamEverythingParams(**options)
+
+
+def sam2_params_from_options(options: Mapping[str, Any]) -> Sam2EverythingParams:
+    """Validated ``SAM2AutomaticMaskGenerator`` parameters from keyword options (unknown names: ``TypeError``)."""
+    check_parameter_names(options, SAM2_PARAMETERS)
+    return Sam2EverythingParams(**options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,36 +478,32 @@ class _MaskData:
         )
 
 
-def _process_crop(
-    engine: SamEngine,
-    params: SamEverythingParams,
-    grid: npt.NDArray[np.float64],
-    crop_box: list[int],
-    orig_size: tuple[int, int],
-    tick: Callable[[int, int], None],
-) -> _MaskData:
-    """``SamAutomaticMaskGenerator._process_crop`` + ``_process_batch`` on the image set in ``engine``."""
-    x0, y0, x1, y1 = crop_box
-    crop_size = (y1 - y0, x1 - x0)
-    spec = engine.spec
-    mask_threshold = float(spec.mask_threshold)
-    embedding = engine.get_image_embedding()
-    # Upscale into the transposed (column-major) layout: masks then come out in RLE order.
-    in_h, in_w = embedding.input_size
-    plan_t = UpscalePlan((in_w, in_h), crop_size[::-1], low_res=engine.low_res_size, padded=spec.input_size)
-    chunk = max(1, min(64, UPSCALE_BYTES // (4 * crop_size[0] * crop_size[1])))
-    points_for_image = grid * np.array(crop_size, dtype=np.float64)[None, ::-1]
-    iou_thresh = np.float32(params.pred_iou_thresh)
-    stab_thresh = np.float32(params.stability_score_thresh)
-    data = _MaskData()
-    for start in range(0, len(points_for_image), params.points_per_batch):
-        points = points_for_image[start : start + params.points_per_batch]
+class _SamBatches:
+    """How ``SamAutomaticMaskGenerator._process_batch`` prompts the decoder with a batch of grid points,
+    and how its masks are upscaled, for the image (or crop) set in a :class:`~fastseg.sam.SamEngine`."""
+
+    point_dtype: Any = np.float64  # the original keeps the points as float64 numpy
+
+    def __init__(self, engine: SamEngine, params: SamEverythingParams, crop_size: tuple[int, int]) -> None:
+        self.engine, self.params, self.crop_size = engine, params, crop_size
+        self.mask_threshold = float(engine.spec.mask_threshold)
+        # Upscale into the transposed (column-major) layout: masks then come out in RLE order.
+        in_h, in_w = engine.get_image_embedding().input_size
+        self.plan_t = UpscalePlan(
+            (in_w, in_h), crop_size[::-1], low_res=engine.low_res_size, padded=engine.spec.input_size
+        )
+
+    def decode(self, points: npt.NDArray[np.float64]) -> tuple[FloatArray, FloatArray, npt.NDArray[np.float64]]:
+        """Masks ``(n, S, S)``, predicted IoU ``(n,)`` and the prompt point of each, for points ``(b, 2)``
+        in crop pixels: one prompt set per point (with the padding point SAM adds when there is no
+        box), the three multimask outputs (masks 1..3) of each."""
         b = len(points)
-        # One prompt set per point (with the padding point SAM adds when there is no box).
         foreground = np.full((b, 1), LABEL_FOREGROUND, dtype=np.int64)
-        coords, labels = build_prompt_arrays(points[:, None, :], foreground, None, crop_size, spec.input_size)
+        coords, labels = build_prompt_arrays(
+            points[:, None, :], foreground, None, self.crop_size, self.engine.spec.input_size
+        )
         runs = [
-            engine.decode(coords[i : i + MAX_DECODER_BATCH], labels[i : i + MAX_DECODER_BATCH])
+            self.engine.decode(coords[i : i + MAX_DECODER_BATCH], labels[i : i + MAX_DECODER_BATCH])
             for i in range(0, b, MAX_DECODER_BATCH)
         ]
         low_res = runs[0][0] if len(runs) == 1 else np.concatenate([r[0] for r in runs])
@@ -464,12 +512,94 @@ def _process_crop(
         per_point = low_res.shape[1] - 1  # multimask_output=True: masks 1..3
         low_res = low_res[:, 1:].reshape(b * per_point, *low_res.shape[2:])
         iou = np.ascontiguousarray(iou[:, 1:].reshape(-1), dtype=np.float32)
-        rep_points = np.repeat(points, per_point, axis=0)
+        return low_res, iou, np.repeat(points, per_point, axis=0)
+
+    def before_upscale(self, low_res: FloatArray) -> FloatArray:
+        return low_res
+
+
+class _Sam2Batches:
+    """``SAM2AutomaticMaskGenerator._process_batch`` (and ``refine_with_m2m``) for the image or crop set
+    in a :class:`~fastseg.sam2.Sam2Engine`: SAM 2's prompt layout, its single-mask choice, the
+    optional mask-to-mask refinement, its hole and sprinkle clean-up, upscaling straight to the crop."""
+
+    point_dtype: Any = np.float32  # the original makes the points a float32 tensor
+
+    def __init__(self, engine: Sam2Engine, params: Sam2EverythingParams, crop_size: tuple[int, int]) -> None:
+        self.engine, self.params, self.crop_size = engine, params, crop_size
+        self.mask_threshold = params.mask_threshold
+        size = engine.low_res_size
+        self.plan_t = UpscalePlan((size, size), crop_size[::-1], low_res=size, padded=size)
+
+    def _run(
+        self, points: npt.NDArray[np.float32], multimask: bool, mask_input: FloatArray | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        from fastseg.sam2 import build_prompt_arrays as sam2_prompt_arrays
+        from fastseg.sam2 import select_single_masks
+
+        engine, b = self.engine, len(points)
+        foreground = np.full((b, 1), LABEL_FOREGROUND, dtype=np.int64)
+        size = engine.spec.input_size
+        coords, labels = sam2_prompt_arrays(points[:, None, :], foreground, None, self.crop_size, size)
+        low_res, iou = engine.decode(coords, labels, mask_input)
+        if multimask:
+            return low_res[:, 1:], iou[:, 1:]
+        return select_single_masks(low_res, iou, engine.stability_delta, engine.stability_thresh)
+
+    def decode(self, points: npt.NDArray[np.float64]) -> tuple[FloatArray, FloatArray, npt.NDArray[np.float32]]:
+        from fastseg.sam2 import LOW_RES_CLAMP
+
+        points32 = points.astype(np.float32)
+        low_res, iou = self._run(points32, self.params.multimask_output)
+        per_point = low_res.shape[1]
+        low_res = low_res.reshape(-1, *low_res.shape[2:])
+        iou = np.ascontiguousarray(iou.reshape(-1), dtype=np.float32)
+        rep_points = np.repeat(points32, per_point, axis=0)
+        if self.params.use_m2m:
+            # refine_with_m2m: each mask's clamped low-res logits fed back with its point, one mask out.
+            fed_back = np.clip(low_res, -LOW_RES_CLAMP, LOW_RES_CLAMP)[:, None]
+            low_res, iou = self._run(rep_points, multimask=False, mask_input=fed_back)
+            low_res, iou = low_res[:, 0], np.ascontiguousarray(iou[:, 0], dtype=np.float32)
+        return low_res, iou, rep_points
+
+    def before_upscale(self, low_res: FloatArray) -> FloatArray:
+        from fastseg.sam2 import fill_small_regions
+
+        area = self.params.min_mask_region_area
+        return fill_small_regions(low_res, area, area, threshold=0.0)  # the predictor's threshold, not the generator's
+
+
+def _process_crop(
+    engine: SamEngine | Sam2Engine,
+    params: SamEverythingParams,
+    grid: npt.NDArray[np.float64],
+    crop_box: list[int],
+    orig_size: tuple[int, int],
+    tick: Callable[[int, int], None],
+) -> _MaskData:
+    """``SamAutomaticMaskGenerator._process_crop`` + ``_process_batch`` (or SAM 2's) on the image set in ``engine``."""
+    x0, y0, x1, y1 = crop_box
+    crop_size = (y1 - y0, x1 - x0)
+    batches: _SamBatches | _Sam2Batches
+    if isinstance(params, Sam2EverythingParams):
+        batches = _Sam2Batches(cast("Sam2Engine", engine), params, crop_size)
+    else:
+        batches = _SamBatches(cast("SamEngine", engine), params, crop_size)
+    mask_threshold, plan_t = batches.mask_threshold, batches.plan_t
+    chunk = max(1, min(64, UPSCALE_BYTES // (4 * crop_size[0] * crop_size[1])))
+    points_for_image = grid * np.array(crop_size, dtype=np.float64)[None, ::-1]
+    iou_thresh = np.float32(params.pred_iou_thresh)
+    stab_thresh = np.float32(params.stability_score_thresh)
+    data = _MaskData()
+    for start in range(0, len(points_for_image), params.points_per_batch):
+        points = points_for_image[start : start + params.points_per_batch]
+        b = len(points)
+        low_res, iou, rep_points = batches.decode(points)
         # Filter by predicted IoU first: the original does it on the upscaled batch, with the same iou.
         keep = np.flatnonzero(iou > iou_thresh) if params.pred_iou_thresh > 0.0 else np.arange(len(iou))
         for c in range(0, len(keep), chunk):
             idx = keep[c : c + chunk]
-            logits_t = plan_t.logits(low_res[idx].transpose(0, 2, 1))  # (n, crop_w, crop_h)
+            logits_t = plan_t.logits(batches.before_upscale(low_res[idx]).transpose(0, 2, 1))  # (n, crop_w, crop_h)
             stability = stability_scores(logits_t, mask_threshold, params.stability_score_offset)
             ok = stability >= stab_thresh if params.stability_score_thresh > 0.0 else np.ones(len(idx), bool)
             if not ok.any():
@@ -504,7 +634,7 @@ def _process_crop(
         boxes + offset,
         iou,
         stab,
-        points + np.array([x0, y0], dtype=np.float64),
+        (points.astype(batches.point_dtype) + np.array([x0, y0], dtype=batches.point_dtype)).astype(np.float64),
         np.tile(np.array(crop_box, dtype=np.int64), (len(data), 1)),
     )
 
@@ -538,16 +668,18 @@ def _postprocess_small_regions(
 
 
 def generate(
-    engine: SamEngine,
+    engine: SamEngine | Sam2Engine,
     params: SamEverythingParams,
     image: npt.NDArray[np.uint8] | None = None,
     progress: ProgressCallback | None = None,
 ) -> MaskRecords:
-    """``SamAutomaticMaskGenerator(model, **params).generate(image)`` for the image set in ``engine``.
+    """``SamAutomaticMaskGenerator(model, **params).generate(image)`` for the image set in ``engine``, or
+    ``SAM2AutomaticMaskGenerator``'s when ``params`` are :class:`Sam2EverythingParams`.
 
     Args:
-        engine: a :class:`fastseg.sam.SamEngine` with the image already set (its embedding is reused
-            for the whole-image crop; the engine is left with that image set).
+        engine: a :class:`fastseg.sam.SamEngine` (or :class:`fastseg.sam2.Sam2Engine`) with the image
+            already set (its embedding is reused for the whole-image crop; the engine is left with
+            that image set).
         params: the generator's parameters.
         image: the RGB uint8 pixels of that image; needed only when ``params.crop_n_layers > 0``
             (each crop is encoded on its own).
@@ -611,7 +743,7 @@ def generate(
         areas = ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])).astype(np.float32)
         scores = np.float32(1) / areas  # prefer masks from smaller crops
         data = data.filter(nms(boxes.astype(np.float32), scores, params.crop_nms_thresh))
-    if params.min_mask_region_area > 0:
+    if params.min_mask_region_area > 0 and not isinstance(params, Sam2EverythingParams):
         data = _postprocess_small_regions(
             data, params.min_mask_region_area, max(params.box_nms_thresh, params.crop_nms_thresh), orig_size
         )

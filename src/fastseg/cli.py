@@ -107,7 +107,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 EVERYTHING_OPTIONS = (
     ("points_per_side", int, "grid points per side (default 32)"),
     ("points_per_batch", int, "prompt sets per decoder run (default 64)"),
-    ("pred_iou_thresh", float, "keep masks with predicted IoU above this (default 0.88)"),
+    ("pred_iou_thresh", float, "keep masks with predicted IoU above this (default 0.88; SAM 2.1: 0.8)"),
     ("stability_score_thresh", float, "keep masks with stability score at least this (default 0.95)"),
     ("stability_score_offset", float, "logit offset of the stability score (default 1.0)"),
     ("box_nms_thresh", float, "box NMS IoU within a crop; 1.0 turns NMS off (default 0.7)"),
@@ -116,7 +116,27 @@ EVERYTHING_OPTIONS = (
     ("crop_overlap_ratio", float, "crop overlap, fraction of the short side (default 512/1500)"),
     ("crop_n_points_downscale_factor", int, "points per side shrink by this per crop layer (default 1)"),
     ("min_mask_region_area", int, "remove islands and holes smaller than this, in pixels (default 0)"),
+    ("mask_threshold", float, "SAM 2.1 only: logit threshold of the masks (default 0.0)"),
+    ("use_m2m", bool, "SAM 2.1 only: refine each mask once with its own logits as mask input (default off)"),
+    ("multimask_output", bool, "SAM 2.1 only: three masks per grid point, or SAM 2's one choice (default on)"),
 )
+
+
+def _check_sam2_options(params: dict[str, Any], family: str, model: object) -> None:
+    """The options only SAM 2.1's generator has, given for another model: one clear line, not a TypeError."""
+    only = [(n, k) for n, k, text in EVERYTHING_OPTIONS if n in params and text.startswith("SAM 2.1 only")]
+    if only and family != "sam2":
+        flags = ", ".join(("--[no-]" if k is bool else "--") + n.replace("_", "-") for n, k in only)
+        raise ValueError(f"{flags}: option(s) of SAM 2.1's generator only; {model} is a {family} model")
+
+
+def _add_everything_options(group: Any) -> None:
+    for name, kind, text in EVERYTHING_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:  # --use-m2m / --no-use-m2m
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
 
 
 def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) -> int:
@@ -127,6 +147,7 @@ def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) 
         raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
     params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
     predictor = _predictor(args)
+    _check_sam2_options(params, predictor.folder.family, args.model)
     start = time.perf_counter()  # Predictor.everything checks the parameters before it encodes the image
     records = predictor.everything(image, progress=args.progress, **params)
     elapsed = time.perf_counter() - start
@@ -218,6 +239,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         given = read_prompt_input(args.prompts, args.folder, args.names)
     elif args.names is not None:
         raise ValueError("--names gives the class names of YOLO --prompts; it needs --prompts")
+    if params:
+        from fastseg.manifest import load_model_folder
+
+        _check_sam2_options(params, load_model_folder(args.model).family, args.model)
     config = _job(args, "everything" if given is None else "prompts", params)
     summary = run_batch(
         config,
@@ -278,9 +303,8 @@ def _add_folder_commands(sub: Any) -> None:
     ba.add_argument("--overwrite", action="store_true", help="start again, replacing an earlier run's --out")
     ba.add_argument("--conf", type=float, default=DEFAULT_CONF, help=f"FastSAM confidence (default {DEFAULT_CONF})")
     ba.add_argument("--iou", type=float, default=DEFAULT_IOU, help=f"FastSAM NMS IoU (default {DEFAULT_IOU})")
-    gen = ba.add_argument_group("everything mode, SAM family (SamAutomaticMaskGenerator parameters)")
-    for name, kind, text in EVERYTHING_OPTIONS:
-        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
+    gen = ba.add_argument_group("everything mode, SAM family (SamAutomaticMaskGenerator / SAM2's parameters)")
+    _add_everything_options(gen)
     ba.set_defaults(func=cmd_batch)
 
 
@@ -345,9 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sg.add_argument("--json", type=Path, help="--everything: write the masks as COCO RLE records to this JSON file")
     sg.add_argument("--progress", action="store_true", help="--everything: show progress on stderr")
-    gen = sg.add_argument_group("--everything, SAM family (segment_anything's SamAutomaticMaskGenerator parameters)")
-    for name, kind, text in EVERYTHING_OPTIONS:
-        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper(), help=text)
+    gen = sg.add_argument_group("--everything, SAM family (SamAutomaticMaskGenerator / SAM2's parameters)")
+    _add_everything_options(gen)
     sg.set_defaults(func=cmd_segment)
 
     _add_folder_commands(sub)

@@ -69,7 +69,8 @@ def connected_components(mask: npt.NDArray[np.bool_]) -> tuple[IntArray, IntArra
     return rows, starts, stops, labels.astype(np.int64)
 
 
-def _paint_runs(shape: tuple[int, int], rows: IntArray, starts: IntArray, stops: IntArray) -> npt.NDArray[np.bool_]:
+def paint_runs(shape: tuple[int, int], rows: IntArray, starts: IntArray, stops: IntArray) -> npt.NDArray[np.bool_]:
+    """A bool mask of ``shape``, True on the given horizontal runs (disjoint: :func:`connected_components`'s)."""
     h, w = shape
     edges = np.zeros((h, w + 1), dtype=np.int32)
     edges[rows, starts] = 1  # runs of a row are disjoint and separated, so no position repeats
@@ -100,10 +101,10 @@ def remove_small_regions(
         return mask, False
     if correct_holes:
         sel = small[labels]
-        return mask | _paint_runs(mask.shape, rows[sel], starts[sel], stops[sel]), True
+        return mask | paint_runs(mask.shape, rows[sel], starts[sel], stops[sel]), True
     keep = ~small
     if not keep.any():
         keep = np.zeros_like(small)
         keep[int(np.argmax(sizes))] = True
     sel = keep[labels]
-    return _paint_runs(mask.shape, rows[sel], starts[sel], stops[sel]), True
+    return paint_runs(mask.shape, rows[sel], starts[sel], stops[sel]), True

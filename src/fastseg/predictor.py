@@ -299,7 +299,10 @@ class Predictor:
         stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=0,
         crop_nms_thresh=0.7, crop_overlap_ratio=512/1500, crop_n_points_downscale_factor=1,
         point_grids=None, min_mask_region_area=0, output_mode="binary_mask"``); see
-        :class:`fastseg.amg.SamEverythingParams`. FastSAM: every detection with its mask
+        :class:`fastseg.amg.SamEverythingParams`. SAM 2.1: ``SAM2AutomaticMaskGenerator``'s, whose
+        defaults differ (``pred_iou_thresh=0.8``) and which adds ``mask_threshold=0.0``,
+        ``use_m2m=False`` and ``multimask_output=True`` (:class:`fastseg.amg.Sam2EverythingParams`).
+        FastSAM: every detection with its mask
         (ultralytics without prompts, at this Predictor's ``conf`` / ``iou``); only ``output_mode``.
 
         Args:

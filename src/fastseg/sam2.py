@@ -41,6 +41,7 @@ from fastseg.sam import (
 )
 
 if TYPE_CHECKING:
+    from fastseg.amg import Sam2EverythingParams
     from fastseg.backends import Session
     from fastseg.engine import ProgressCallback
     from fastseg.prompts import Prompts
@@ -51,6 +52,7 @@ __all__ = [
     "Sam2Engine",
     "Sam2ImageEmbedding",
     "build_prompt_arrays",
+    "fill_small_regions",
     "preprocess",
     "resample_matrix",
     "select_single_masks",
@@ -143,8 +145,14 @@ def build_prompt_arrays(
 
     ``SAM2ImagePredictor._prep_prompts`` + ``_predict`` + ``PromptEncoder._embed_points(pad=True)``:
     coordinates scaled to the square input (``x / W * S``, ``y / H * S``, in float32 as torch); each
-    box gives one prompt set, its two corners (labels 2, 3) first, then the points (shared by every
-    box), then one padding point (0, 0) with label -1, which SAM 2 always adds.
+    box gives one prompt set, its two corners (labels 2, 3) first, then the points, then one padding
+    point (0, 0) with label -1, which SAM 2 always adds.
+
+    Args:
+        points: ``(N, 2)`` XY in original pixels, shared by every box; or ``(B, N, 2)``, one row per
+            prompt set (everything mode's grid: one point per set); or None.
+        labels: ``(N,)`` or ``(B, N)``, with points.
+        boxes: ``(B, 4)`` XYXY in original pixels, or None.
     """
     h, w = original_size
 
@@ -156,18 +164,23 @@ def build_prompt_arrays(
         scaled: npt.NDArray[np.float32] = (normalised * np.float32(input_size)).astype(np.float32)
         return scaled
 
-    n_sets = 1 if boxes is None else len(boxes)
+    if boxes is not None:
+        n_sets = len(boxes)
+    elif points is not None and np.ndim(points) == 3:
+        n_sets = int(np.shape(points)[0])
+    else:
+        n_sets = 1
     parts_xy: list[npt.NDArray[np.float32]] = []
     parts_label: list[npt.NDArray[np.float32]] = []
     if boxes is not None:
         parts_xy.append(to_input(np.asarray(boxes, dtype=np.float32).reshape(-1, 2, 2)))
         corner = np.array([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], dtype=np.float32)
         parts_label.append(np.broadcast_to(corner, (n_sets, 2)))
-    if points is not None and labels is not None and len(points):
-        xy = to_input(points)[None]
-        parts_xy.append(np.broadcast_to(xy, (n_sets, *xy.shape[1:])))
-        lab = np.asarray(labels, dtype=np.float32)[None]
-        parts_label.append(np.broadcast_to(lab, (n_sets, lab.shape[1])))
+    if points is not None and labels is not None and np.shape(points)[-2]:
+        xy = to_input(points)
+        parts_xy.append(np.broadcast_to(xy, (n_sets, *xy.shape[-2:])))
+        lab = np.asarray(labels, dtype=np.float32)
+        parts_label.append(np.broadcast_to(lab, (n_sets, lab.shape[-1])))
     parts_xy.append(np.zeros((n_sets, 1, 2), dtype=np.float32))
     parts_label.append(np.full((n_sets, 1), LABEL_PADDING, dtype=np.float32))
     coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
@@ -202,6 +215,36 @@ def select_single_masks(
     chosen = np.where(stable, 0, best)
     rows = np.arange(len(chosen))
     return low_res[rows, chosen][:, None], iou[rows, chosen][:, None]
+
+
+def fill_small_regions(
+    logits: npt.NDArray[np.float32], max_hole_area: int, max_sprinkle_area: int, threshold: float = 0.0
+) -> npt.NDArray[np.float32]:
+    """``SAM2Transforms.postprocess_masks``' clean-up of low-resolution logits ``(N, S, S)`` before upscaling.
+
+    Each 8-connected region of ``logits <= threshold`` of at most ``max_hole_area`` pixels (a hole;
+    every background region counts, also one touching the border) is set to ``threshold + 10``; each
+    8-connected region of ``logits > threshold`` of at most ``max_sprinkle_area`` pixels (a sprinkle)
+    to ``threshold - 10``; both found on the logits as given. An area of 0 turns that step off. The
+    original needs ``sam2``'s CUDA extension for the regions (without it, it warns and skips the step);
+    here they come from :func:`fastseg.components.connected_components`.
+    """
+    if max_hole_area <= 0 and max_sprinkle_area <= 0:
+        return logits
+    from fastseg.components import connected_components, paint_runs
+
+    out: npt.NDArray[np.float32] = np.array(logits, dtype=np.float32, copy=True)
+    t = np.float32(threshold)
+    for i, plane in enumerate(logits):
+        for region, area, value in ((plane <= t, max_hole_area, t + 10), (plane > t, max_sprinkle_area, t - 10)):
+            if area <= 0:
+                continue
+            rows, starts, stops, labels = connected_components(region)
+            if not len(labels):
+                continue
+            small = np.bincount(labels, weights=stops - starts)[labels] <= area
+            out[i][paint_runs(plane.shape, rows[small], starts[small], stops[small])] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,31 +367,8 @@ class Sam2Engine:
             prompts.points, prompts.labels, prompts.boxes, emb.original_size, self.spec.input_size
         )
         n_sets, size = coords.shape[0], self.low_res_size
-        lows, ious = [], []
-        for start in range(0, n_sets, MAX_DECODER_BATCH):
-            part = slice(start, start + MAX_DECODER_BATCH)
-            if prompts.mask_input is None:
-                mask_input = np.zeros((1, 1, size, size), dtype=np.float32)
-                has_mask = np.zeros(1, dtype=np.float32)
-            else:
-                chosen = prompts.mask_input if len(prompts.mask_input) == 1 else prompts.mask_input[part]
-                mask_input = np.ascontiguousarray(chosen[:, None], dtype=np.float32)
-                has_mask = np.ones(1, dtype=np.float32)
-            feeds = {
-                **emb.arrays(),
-                "point_coords": coords[part],
-                "point_labels": point_labels[part],
-                "mask_input": mask_input,
-                "has_mask_input": has_mask,
-            }
-            out = self._decoder.run(feeds)
-            low, iou = np.asarray(out["low_res_masks"], np.float32), np.asarray(out["iou_predictions"], np.float32)
-            expected = (len(feeds["point_coords"]), self.num_mask_outputs)
-            if low.shape != (*expected, size, size) or iou.shape != expected:
-                raise RuntimeError(f"decoder returned {low.shape} and {iou.shape}; expected {expected} masks")
-            lows.append(low)
-            ious.append(iou)
-        low_res, iou = np.concatenate(lows), np.concatenate(ious)
+        mask_input = None if prompts.mask_input is None else prompts.mask_input[:, None]
+        low_res, iou = self.decode(coords, point_labels, mask_input)
         if multimask:
             low_res, iou = low_res[:, 1:], iou[:, 1:]
         else:
@@ -364,22 +384,64 @@ class Sam2Engine:
             prompt_index=np.repeat(np.arange(n_sets, dtype=np.int64), per_set),
         )
 
+    def decode(
+        self,
+        point_coords: npt.NDArray[np.float32],
+        point_labels: npt.NDArray[np.float32],
+        mask_input: npt.NDArray[np.float32] | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Raw decoder runs on the image set, :data:`~fastseg.sam.MAX_DECODER_BATCH` prompt sets at a time.
+
+        Args:
+            point_coords: ``(B, N, 2)`` float32 in the input frame, from :func:`build_prompt_arrays`.
+            point_labels: ``(B, N)`` float32.
+            mask_input: ``None``, or ``(1, 1, S, S)`` (shared by every prompt set) or ``(B, 1, S, S)``
+                low-resolution logits fed back.
+
+        Returns:
+            All four masks per prompt set, ``(B, 4, S, S)`` logits (not clamped), and their predicted
+            IoU ``(B, 4)``.
+        """
+        emb = self.get_image_embedding()
+        n_sets, size = point_coords.shape[0], self.low_res_size
+        lows, ious = [], []
+        for start in range(0, n_sets, MAX_DECODER_BATCH):
+            part = slice(start, start + MAX_DECODER_BATCH)
+            if mask_input is None:
+                masks = np.zeros((1, 1, size, size), dtype=np.float32)
+                has_mask = np.zeros(1, dtype=np.float32)
+            else:
+                masks = mask_input if len(mask_input) == 1 else mask_input[part]
+                has_mask = np.ones(1, dtype=np.float32)
+            feeds = {
+                **emb.arrays(),
+                "point_coords": point_coords[part],
+                "point_labels": point_labels[part],
+                "mask_input": np.ascontiguousarray(masks, dtype=np.float32),
+                "has_mask_input": has_mask,
+            }
+            out = self._decoder.run(feeds)
+            low, iou = np.asarray(out["low_res_masks"], np.float32), np.asarray(out["iou_predictions"], np.float32)
+            expected = (len(feeds["point_coords"]), self.num_mask_outputs)
+            if low.shape != (*expected, size, size) or iou.shape != expected:
+                raise RuntimeError(f"decoder returned {low.shape} and {iou.shape}; expected {expected} masks")
+            lows.append(low)
+            ious.append(iou)
+        if len(lows) == 1:
+            return lows[0], ious[0]
+        return np.concatenate(lows), np.concatenate(ious)
+
     # everything mode ------------------------------------------------------------------------------
 
-    def everything_params(self, options: Mapping[str, Any]) -> Any:
-        """None for no options (the refusal comes from :meth:`everything`, so a labeling server can
-        start on a SAM 2.1 model); any option is refused."""
-        if options:
-            raise ValueError(self._no_everything())
-        return None
+    def everything_params(self, options: Mapping[str, Any]) -> Sam2EverythingParams:
+        from fastseg.amg import sam2_params_from_options
+
+        return sam2_params_from_options(options)
 
     def everything(
-        self, params: Any, image: npt.NDArray[np.uint8] | None, progress: ProgressCallback | None
+        self, params: Sam2EverythingParams, image: npt.NDArray[np.uint8] | None, progress: ProgressCallback | None
     ) -> MaskRecords:
-        raise ValueError(self._no_everything())
+        """``SAM2AutomaticMaskGenerator(model, **params).generate(image)`` (:func:`fastseg.amg.generate`)."""
+        from fastseg.amg import generate
 
-    def _no_everything(self) -> str:
-        return (
-            f"everything mode is not available for SAM 2.1 models ({self.model_name}): "
-            "use a SAM, MobileSAM or FastSAM model for automatic masks"
-        )
+        return generate(self, params, image, progress)
