@@ -115,9 +115,11 @@ def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path, int8: boo
 
     family = get_spec(name).family
     runtime = Path(fastseg.__file__).parent
-    files = [_export_dir() / f for f in ("export.py", "common.py", f"{family}.py")]
+    files = [_export_dir() / f for f in ("export.py", "common.py", "sam.py", f"{family}.py")]  # sam2 uses sam's
     files += [runtime / "registry.py", runtime / "manifest.py"]
     packages: tuple[str, ...] = ("torch", "openvino", "onnx", "onnxruntime")
+    if family == "sam2":
+        packages += ("sam2",)
     if int8:
         files.append(_export_dir() / "int8.py")
         packages += ("nncf",)

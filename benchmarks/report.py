@@ -304,7 +304,8 @@ def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]
     points = sorted({s["params"].get("points_per_side") for s in sections.values() if s["params"]})
     grid = f"points_per_side {', '.join(map(str, points))}" if points else ""
     lines = ["", "### Everything mode (automatic masks, whole image)", "",
-             f"SAM family: `SamAutomaticMaskGenerator` and `Predictor.everything` at the original's defaults"
+             f"SAM family: `SamAutomaticMaskGenerator` (SAM 2.1: `SAM2AutomaticMaskGenerator`) and "
+             f"`Predictor.everything` at the original's defaults"
              f"{f' ({grid})' if grid else ''}; FastSAM: every detection after NMS "
              f"(conf {DEFAULT_CONF}, iou {DEFAULT_IOU}, retina masks). "
              "Time from the image in memory (encoding included) to all masks; × against the PyTorch original; "

@@ -41,11 +41,11 @@ from fastseg_bench.report import (
     to_json,
 )
 from fastseg_bench.stats import everything_agreement, mask_agreement, summarize
-from fastseg_bench.worker import PATHS
+from fastseg_bench.worker import GRID_FAMILIES, PATHS
 
 DEFAULT_MODELS = ("sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x")
-#: The models the benchmark has PyTorch runners for (SAM 2.1's rows are not built yet).
-BENCH_MODELS = tuple(name for name, spec in REGISTRY.items() if spec.family in ("sam", "fastsam"))
+#: The models the benchmark has PyTorch runners for: all of them.
+BENCH_MODELS = tuple(REGISTRY)
 #: (warm-up, end-to-end runs, clicks, cold starts, everything runs) for a full and a --quick run.
 FULL_RUNS = (1, 5, 20, 3, 1)
 QUICK_RUNS = (1, 2, 5, 1, 1)
@@ -414,7 +414,7 @@ def model_agreements(model: dict[str, Any], masks: dict[str, Path]) -> None:
 def bench_everything(name: str, family: str, paths: list[str], config: BenchConfig, work: Path,
                      job_base: dict[str, Any]) -> dict[str, Any]:
     """Everything mode on each of ``paths``, one process each: time, mask count, peak RSS, masks vs PyTorch's."""
-    params = {"points_per_side": config.everything_points} if family == "sam" else {}
+    params = {"points_per_side": config.everything_points} if family in GRID_FAMILIES else {}
     section: dict[str, Any] = {"params": params, "paths": {}}
     rles: dict[str, list[dict[str, Any]]] = {}
     for path in paths:

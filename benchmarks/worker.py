@@ -38,13 +38,15 @@ from fastseg_export.references import SAM_ARCH  # noqa: E402
 
 #: Every path the benchmark knows, in table order, with the families it applies to.
 PATHS: dict[str, tuple[str, ...]] = {
-    "pytorch": ("sam", "fastsam"),
+    "pytorch": ("sam", "fastsam", "sam2"),
     "ultralytics-openvino": ("fastsam",),
-    "fastseg-onnxruntime": ("sam", "fastsam"),
-    "fastseg-openvino-f32": ("sam", "fastsam"),
-    "fastseg-openvino-bf16": ("sam", "fastsam"),
-    "fastseg-openvino-int8": ("sam", "fastsam"),
+    "fastseg-onnxruntime": ("sam", "fastsam", "sam2"),
+    "fastseg-openvino-f32": ("sam", "fastsam", "sam2"),
+    "fastseg-openvino-bf16": ("sam", "fastsam", "sam2"),
+    "fastseg-openvino-int8": ("sam", "fastsam"),  # SAM 2.1 has no INT8 export yet
 }
+#: Families whose everything mode is a point-grid generator with ``points_per_side``.
+GRID_FAMILIES = ("sam", "sam2")
 
 #: ultralytics FastSAM prediction settings: FastSAM's published defaults, as the issue prescribes.
 FASTSAM_PREDICT = {"retina_masks": True, "imgsz": 1024, "conf": DEFAULT_CONF, "iou": DEFAULT_IOU, "verbose": False}
@@ -132,6 +134,56 @@ class SamTorchRunner:
     def info(self) -> dict[str, Any]:
         return {"api": self.api, "precision": "f32", "threads": self._threads,
                 "network": "image_encoder forward (timed with hooks inside set_image)"}
+
+
+class Sam2TorchRunner(SamTorchRunner):
+    """``sam2.sam2_image_predictor.SAM2ImagePredictor`` at its defaults, on ``build_sam2(config, checkpoint)``;
+    everything mode: ``SAM2AutomaticMaskGenerator``."""
+
+    def __init__(self, job: dict[str, Any]) -> None:  # SamTorchRunner's hooks and methods, on SAM 2.1
+        import torch
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        from fastseg_export.references import SAM2_CONFIG
+
+        model = build_sam2(SAM2_CONFIG[job["model"]], job["checkpoint"], device="cpu")
+        self.api = "sam2.SAM2ImagePredictor"
+        self._generator_class = SAM2AutomaticMaskGenerator
+        self.predictor = SAM2ImagePredictor(model)
+        self.last_network_s = None
+        self._started = 0.0
+        self._encoder_s = []
+        model.image_encoder.register_forward_pre_hook(self._encoder_start)
+        model.image_encoder.register_forward_hook(self._encoder_stop)
+        self._threads = torch.get_num_threads()
+
+    def _predict(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        import torch
+
+        with torch.inference_mode():  # as SAM2ImagePredictor's README runs it
+            return super()._predict(point)
+
+    def end_to_end(self, image: npt.NDArray[np.uint8], point: tuple[float, float]) -> npt.NDArray[np.bool_]:
+        import torch
+
+        with torch.inference_mode():
+            return super().end_to_end(image, point)
+
+    def begin_clicks(self, image: npt.NDArray[np.uint8]) -> None:
+        import torch
+
+        if not self.predictor._is_image_set:
+            with torch.inference_mode():
+                self.predictor.set_image(image)
+
+    def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
+        import torch
+
+        with torch.inference_mode():
+            return super().everything(image, params)
+
 
 
 class UltralyticsFastSamRunner:
@@ -251,7 +303,7 @@ class FastsegRunner:
 
         self.predictor = Predictor(job["model_dir"], backend=backend, precision=precision, session_wrapper=timed)
         self.family = self.predictor.folder.family
-        self.network_graph = "encoder" if self.family == "sam" else "network"
+        self.network_graph = "encoder" if self.family in GRID_FAMILIES else "network"
         if self.network_graph not in self._sessions:
             raise RuntimeError(
                 f"could not time the {self.network_graph!r} graph: the Predictor opened {sorted(self._sessions)}"
@@ -310,6 +362,8 @@ def make_runner(job: dict[str, Any]) -> Any:
     if path == "pytorch":
         if family == "sam":
             return SamTorchRunner(job)
+        if family == "sam2":
+            return Sam2TorchRunner(job)
         return UltralyticsFastSamRunner(job, job["checkpoint"], "ultralytics.FastSAM (PyTorch)")
     if path == "ultralytics-openvino":
         return UltralyticsFastSamRunner(job, job["ultralytics_dir"], "ultralytics.FastSAM (its own OpenVINO export)")
@@ -409,7 +463,7 @@ def everything(job: dict[str, Any]) -> dict[str, Any]:
 
     image = np.load(job["image"])
     point = (float(job["point"][0]), float(job["point"][1]))
-    params = dict(job["everything_params"]) if job["family"] == "sam" else {}
+    params = dict(job["everything_params"]) if job["family"] in GRID_FAMILIES else {}
     label = f"{_label(job)} everything"
     log(f"{label}: loading")
     runner = make_runner(job)

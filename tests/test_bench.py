@@ -566,3 +566,33 @@ def test_quick_mobile_sam_run(tmp_path: Path, exported_model, random_checkpoint)
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG" and image.width > 800 and image.height > 400
         assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 20  # not a blank image
+
+
+@pytest.mark.slow
+def test_quick_sam2_run(tmp_path: Path, exported_model, random_checkpoint) -> None:
+    """`fastseg bench --quick` on a SAM 2.1 export: SAM2ImagePredictor and SAM2AutomaticMaskGenerator as
+    the PyTorch rows, fastseg's rows beside them, the int8 path not offered (no SAM 2.1 INT8 export)."""
+    name = "sam2.1_hiera_tiny"
+    out = tmp_path / "results"
+    env = dict(os.environ, FASTSEG_CACHE=str(tmp_path / "cache"))
+    argv = [sys.executable, "-m", "fastseg.cli", "bench", "--quick", "--models", name,
+            "--checkpoint", f"{name}={random_checkpoint(name)}", "--model-dir", f"{name}={exported_model(name)}",
+            "--out", str(out), "--everything-points", "3",
+            "--paths", "pytorch,fastseg-openvino-f32,fastseg-openvino-int8"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    model = results["models"][name]
+    assert model["family"] == "sam2" and set(model["paths"]) == {"pytorch", "fastseg-openvino-f32"}
+    torch_path, ours = model["paths"]["pytorch"], model["paths"]["fastseg-openvino-f32"]
+    assert torch_path["info"]["api"] == "sam2.SAM2ImagePredictor" and torch_path["status"] == "ok"
+    assert ours["status"] == "ok" and ours["info"]["torch_imported"] is False
+    assert ours["info"]["precision_per_graph"] == {"encoder": "f32", "decoder": "f32"}
+    assert ours["mask"]["shape"] == [3, 1080, 1620] and ours["mask_vs_pytorch"]["pixels_pct"] > 99
+    assert ours["network_ms"]["median"] < ours["end_to_end_ms"]["median"]
+    everything = model["everything"]
+    assert everything["params"] == {"points_per_side": 3}
+    assert everything["paths"]["fastseg-openvino-f32"]["masks_vs_pytorch"]["count"] == [
+        everything["paths"]["fastseg-openvino-f32"]["masks"], everything["paths"]["pytorch"]["masks"]]
+    md = (out / "bench.md").read_text()
+    assert f"| {name} | PyTorch original | f32 |" in md and "SAM2AutomaticMaskGenerator" in md

@@ -196,7 +196,8 @@ def test_segment_file_errors_are_one_line(tmp_path, tiny_sam_folder, tiny_fastsa
     _one_line_error(capsys, "conf must be a number in [0, 1], got 1.5")
     assert main(["segment", str(chelsea_png), "--model", sam, "--everything", "--points-per-side", "0", *ort]) == 2
     _one_line_error(capsys, "points_per_side")
-    assert main(["segment", str(chelsea_png), "--model", sam, "--everything", "--use-m2m", "--mask-threshold", "1"]) == 2
+    sam2_only = ["--everything", "--use-m2m", "--mask-threshold", "1"]
+    assert main(["segment", str(chelsea_png), "--model", sam, *sam2_only]) == 2
     _one_line_error(capsys, "--mask-threshold, --[no-]use-m2m: option(s) of SAM 2.1's generator only")
     assert main(["batch", str(tmp_path), "--model", sam, "--out", str(tmp_path / "o"), "--no-multimask-output"]) == 2
     _one_line_error(capsys, "--[no-]multimask-output: option(s) of SAM 2.1's generator only")
