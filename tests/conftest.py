@@ -23,6 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastseg.backends import single_threaded_numpy_blas
+
+# The tests call the library from several threads (labeling server, Predictor threads), where
+# OpenBLAS's threaded gemm can deadlock (see single_threaded_numpy_blas); the fastseg command does
+# the same.
+single_threaded_numpy_blas()
+
 SEED = 0
 ROOT = Path(__file__).resolve().parents[1]
 

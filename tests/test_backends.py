@@ -319,3 +319,27 @@ def test_onnxruntime_load_errors_name_the_cause(tiny_fastsam_folder: Path, tmp_p
 )
 def test_load_error_detail(text: str, detail: str) -> None:
     assert backends.load_error_detail(RuntimeError(text)) == detail
+
+
+def test_the_fastseg_command_runs_numpy_blas_on_one_thread(tmp_path: Path) -> None:
+    """``single_threaded_numpy_blas``: a fresh process's BLAS has one thread per core until the
+    ``fastseg`` command runs (even one that fails), then one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, threadpoolctl\n"
+        "from fastseg.cli import main\n"
+        "def threads():\n"
+        "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'})\n"
+        "before = threads()\n"
+        f"main(['segment', {str(tmp_path / 'none.png')!r}, '--model', {str(tmp_path)!r}, '--point', '1,1'])\n"
+        "print(before, threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.strip().splitlines()[-1].split("] [")
+    assert after == "1]", out.stdout
+    if (os.cpu_count() or 1) > 1:
+        assert before != "[1", out.stdout  # the change came from the command

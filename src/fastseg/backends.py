@@ -123,6 +123,21 @@ def _compile(
     return compiled
 
 
+
+def single_threaded_numpy_blas() -> None:
+    """Run numpy's BLAS (OpenBLAS in numpy's wheels) on one thread in this process, from now on.
+
+    fastseg's numpy products are small (mask assembly, upscaling) and OpenVINO already uses every
+    core, so BLAS threads buy nothing; and OpenBLAS's threaded ``gemm`` can deadlock when it is called
+    from more than one Python thread in turn (numpy issue 17752), as the labeling server and batch
+    runs do: a ``fastseg batch`` hung for good in such a call on this project's CI machine. The
+    ``fastseg`` command calls this before it runs; a program using the library from several threads
+    can call it too (it changes the BLAS of the whole process, so the library never does so itself).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
 #: Graphs compiled without the CPU plugin's snippets: the SAM-family decoders, where the fused
 #: token-to-image attention kernel is slower than plain matrix products (which use AMX where the CPU has
 #: it) and the unfused graph is faster at f32 and bf16, one prompt set or 64 (docs/PERFORMANCE.md).

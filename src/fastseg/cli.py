@@ -384,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fastseg.backends import single_threaded_numpy_blas
+
+    single_threaded_numpy_blas()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
