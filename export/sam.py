@@ -160,14 +160,17 @@ class SamDecoder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        pe = model.prompt_encoder
+        self._take(model.prompt_encoder, model.mask_decoder)
+
+    def _take(self, pe: nn.Module, mask_decoder: nn.Module) -> None:
+        """The prompt encoder's and mask decoder's parts (``sam2``'s have the same names)."""
         self.pe_layer = pe.pe_layer
         self.point_embeddings = pe.point_embeddings
         self.not_a_point_embed = pe.not_a_point_embed
         self.mask_downscaling = pe.mask_downscaling
         self.no_mask_embed = pe.no_mask_embed
         self.input_h, self.input_w = pe.input_image_size
-        self.mask_decoder = model.mask_decoder
+        self.mask_decoder = mask_decoder
         image_pe = pe.get_dense_pe().detach().clone()  # (1, 256, 64, 64)
         self.register_buffer("image_pe_flat", image_pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
 
@@ -211,6 +214,36 @@ class SamDecoder(nn.Module):
         for layer in t.layers:
             queries, keys = two_way_block(layer, queries, keys, tokens, self.image_pe_flat)
         return self.final_attention(queries, keys, tokens), keys
+
+    def transformer_from_image_side(
+        self,
+        image_keys: torch.Tensor,
+        token_keys: torch.Tensor,
+        token_values: torch.Tensor,
+        image_queries: torch.Tensor,
+        tokens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`SamDecoder.transformer` with the first block's image side from ``decoder_image``."""
+        t = self.mask_decoder.transformer
+        image_side = (token_keys, token_values, image_queries)
+        queries, keys = two_way_block(t.layers[0], tokens, image_keys, tokens, self.image_pe_flat, image_side)
+        for layer in t.layers[1:]:
+            queries, keys = two_way_block(layer, queries, keys, tokens, self.image_pe_flat)
+        return self.final_attention(queries, keys, tokens), keys
+
+    def first_image_side(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``decoder_image``'s outputs (:data:`DECODER_IMAGE_OUTPUTS`): the flattened image with
+        ``no_mask_embed`` added and the first block's three image-side projections split per head."""
+        keys = flatten_image(image_embeddings + self.no_mask_embed.weight.reshape(1, -1, 1, 1))
+        first = self.mask_decoder.transformer.layers[0]
+        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        keys_pe = keys + self.image_pe_flat
+        return (
+            keys,
+            split_heads(to_image.k_proj(keys_pe), to_image.num_heads, keys_last=True),
+            split_heads(to_image.v_proj(keys), to_image.num_heads, keys_last=False),
+            split_heads(to_tokens.q_proj(keys_pe), to_tokens.num_heads, keys_last=True),
+        )
 
     def final_attention(self, queries: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         t = self.mask_decoder.transformer
@@ -423,16 +456,7 @@ class SamDecoderImage(SamDecoder):
     """
 
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        keys = flatten_image(image_embeddings + self.no_mask_embed.weight.reshape(1, -1, 1, 1))
-        first = self.mask_decoder.transformer.layers[0]
-        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        keys_pe = keys + self.image_pe_flat
-        return (
-            keys,
-            split_heads(to_image.k_proj(keys_pe), to_image.num_heads, keys_last=True),
-            split_heads(to_image.v_proj(keys), to_image.num_heads, keys_last=False),
-            split_heads(to_tokens.q_proj(keys_pe), to_tokens.num_heads, keys_last=True),
-        )
+        return self.first_image_side(image_embeddings)
 
 
 class SamPointDecoder(SamDecoder):
@@ -452,12 +476,8 @@ class SamPointDecoder(SamDecoder):
         point_labels: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.output_tokens(self.embed_points(point_coords, point_labels))
-        t = self.mask_decoder.transformer
-        image_side = (token_keys, token_values, image_queries)
-        queries, keys = two_way_block(t.layers[0], tokens, image_keys, tokens, self.image_pe_flat, image_side)
-        for layer in t.layers[1:]:
-            queries, keys = two_way_block(layer, queries, keys, tokens, self.image_pe_flat)
-        return self.heads(self.final_attention(queries, keys, tokens), keys)
+        hs, keys = self.transformer_from_image_side(image_keys, token_keys, token_values, image_queries, tokens)
+        return self.heads(hs, keys)
 
 
 #: Outputs of ``decoder_image``, inputs (with the prompt) of ``decoder_points``.

@@ -966,10 +966,10 @@ def test_without_fastapi_the_error_names_the_extra() -> None:
 
 
 def test_a_sam2_model_labels_like_sam(folder: Path, open_client: Any, exported_model: Any) -> None:
-    """SAM 2.1 on the page's API: three candidates, a refinement fed the previous logits, an accept, and
-    a COCO export equal to ``Predictor.predict`` for the same clicks."""
+    """SAM 2.1 on the page's API: three candidates, a refinement fed the previous logits, an accept,
+    everything-mode proposals, and a COCO export equal to ``Predictor.predict`` for the same clicks."""
     model = exported_model("sam2.1_hiera_tiny")
-    client = open_client(folder, model, everything_params={})
+    client = open_client(folder, model, everything_params={**SAM_EVERYTHING, "box_nms_thresh": 1.0})
     first = client.post("/api/predict", json={"index": 1, "points": [[80, 50]], "labels": [1], "multimask": True})
     assert first.status_code == 200, first.text
     assert len(first.json()["candidates"]) == 3
@@ -983,7 +983,8 @@ def test_a_sam2_model_labels_like_sam(folder: Path, open_client: Any, exported_m
     )
     assert accepted.status_code == 200, accepted.text
     everything = client.post("/api/images/1/everything", json={})
-    assert everything.status_code == 400 and "not available for SAM 2.1" in everything.text
+    assert everything.status_code == 200, everything.text
+    assert len(everything.json()["proposals"]) == 3 * 16  # NMS off: every grid point's three masks
     coco = client.post("/api/export", json={"format": "coco", "segmentation": "rle"}).json()
     index = pycocotools_coco.COCO(coco["path"])
     ann = index.loadAnns(index.getAnnIds())[0]

@@ -30,7 +30,7 @@ FORMAT_VERSION = 2  # 2: SAM folders gained decoder_image and decoder_points
 GRAPHS_BY_FAMILY = {
     "sam": ("encoder", "decoder", "decoder_image", "decoder_points"),
     "fastsam": ("network",),
-    "sam2": ("encoder", "decoder"),
+    "sam2": ("encoder", "decoder", "decoder_image", "decoder_points"),
 }
 #: The backends' keys in a graph entry of the manifest.
 GRAPH_FILE_KEYS = {"openvino": "openvino", "onnxruntime": "onnx"}

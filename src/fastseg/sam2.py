@@ -63,6 +63,10 @@ __all__ = [
 ENCODER_OUTPUTS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 DECODER_INPUTS = (*ENCODER_OUTPUTS, "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+#: ``decoder_image`` (once per image, from the encoder's outputs) -> ``decoder_points`` (per prompt
+#: without a mask input): SAM's image-side tensors and the two high-resolution maps, channels-last.
+DECODER_IMAGE_OUTPUTS = ("image_keys", "token_keys", "token_values", "image_queries", "high_res_s0", "high_res_s1")
+POINT_DECODER_INPUTS = (*DECODER_IMAGE_OUTPUTS, "point_coords", "point_labels")
 #: ``SAM2ImagePredictor`` clamps the low-resolution logits it returns to this range.
 LOW_RES_CLAMP = 32.0
 
@@ -275,7 +279,9 @@ class Sam2ImageEmbedding:
 
 
 class Sam2Engine:
-    """SAM 2.1 (images) behind two sessions, ``encoder`` and ``decoder`` (an :class:`~fastseg.engine.Engine`)."""
+    """SAM 2.1 (images) behind four sessions (an :class:`~fastseg.engine.Engine`): ``encoder`` and
+    ``decoder_image`` once per image, ``decoder_points`` per prompt without a mask input, ``decoder``
+    (the whole decoder) for a mask input."""
 
     GRAPHS = GRAPHS_BY_FAMILY["sam2"]
     family: Family = "sam2"
@@ -290,9 +296,15 @@ class Sam2Engine:
             raise ValueError(f"Sam2Engine needs sessions for graphs {list(self.GRAPHS)}; missing {missing}")
         self._encoder = sessions["encoder"]
         self._decoder = sessions["decoder"]
+        self._decoder_image = sessions["decoder_image"]
+        self._decoder_points = sessions["decoder_points"]
         _require_names(self._encoder.output_names, ENCODER_OUTPUTS, "encoder outputs")
         _require_names(self._decoder.input_names, DECODER_INPUTS, "decoder inputs")
         _require_names(self._decoder.output_names, DECODER_OUTPUTS, "decoder outputs")
+        _require_names(self._decoder_image.input_names, ENCODER_OUTPUTS, "decoder_image inputs")
+        _require_names(self._decoder_image.output_names, DECODER_IMAGE_OUTPUTS, "decoder_image outputs")
+        _require_names(self._decoder_points.input_names, POINT_DECODER_INPUTS, "decoder_points inputs")
+        _require_names(self._decoder_points.output_names, DECODER_OUTPUTS, "decoder_points outputs")
         extra = folder.manifest.get("extra", {})
         try:
             self.low_res_size: int = int(extra["low_res_size"])
@@ -306,6 +318,7 @@ class Sam2Engine:
                 f"and dynamic_multimask for a SAM 2.1 model ({type(exc).__name__}: {exc})"
             ) from None
         self._embedding: Sam2ImageEmbedding | None = None
+        self._image_side: dict[str, npt.NDArray[np.float32]] = {}
         self._plans: dict[tuple[int, int], UpscalePlan] = {}
 
     # image state ----------------------------------------------------------------------------------
@@ -346,6 +359,9 @@ class Sam2Engine:
         square = (self.spec.input_size, self.spec.input_size)
         if tuple(int(v) for v in embedding.input_size) != square:
             raise ValueError(f"image embedding has input_size {tuple(embedding.input_size)}; SAM 2.1 encodes {square}")
+        self._embedding = None
+        out = self._decoder_image.run(embedding.arrays())
+        self._image_side = {name: np.asarray(out[name], dtype=np.float32) for name in DECODER_IMAGE_OUTPUTS}
         self._embedding = embedding
         self._plan((h, w))
 
@@ -407,20 +423,15 @@ class Sam2Engine:
         lows, ious = [], []
         for start in range(0, n_sets, MAX_DECODER_BATCH):
             part = slice(start, start + MAX_DECODER_BATCH)
+            feeds = {"point_coords": point_coords[part], "point_labels": point_labels[part]}
             if mask_input is None:
-                masks = np.zeros((1, 1, size, size), dtype=np.float32)
-                has_mask = np.zeros(1, dtype=np.float32)
+                out = self._decoder_points.run({**self._image_side, **feeds})
             else:
                 masks = mask_input if len(mask_input) == 1 else mask_input[part]
-                has_mask = np.ones(1, dtype=np.float32)
-            feeds = {
-                **emb.arrays(),
-                "point_coords": point_coords[part],
-                "point_labels": point_labels[part],
-                "mask_input": np.ascontiguousarray(masks, dtype=np.float32),
-                "has_mask_input": has_mask,
-            }
-            out = self._decoder.run(feeds)
+                feeds.update(
+                    mask_input=np.ascontiguousarray(masks, dtype=np.float32), has_mask_input=np.ones(1, np.float32)
+                )
+                out = self._decoder.run({**emb.arrays(), **feeds})
             low, iou = np.asarray(out["low_res_masks"], np.float32), np.asarray(out["iou_predictions"], np.float32)
             expected = (len(feeds["point_coords"]), self.num_mask_outputs)
             if low.shape != (*expected, size, size) or iou.shape != expected:
