@@ -198,6 +198,20 @@ def load_allowlisted(path: Path, allowed: Iterable[Any]) -> Any:
         raise CheckpointError(f"{path} could not be loaded: {_library_detail(exc)}") from exc
 
 
+def load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> torch.nn.Module:
+    """``state`` loaded into ``model`` after :func:`check_state_dict_matches`, then ``eval()`` and frozen.
+
+    ``eval()`` comes after loading: TinyViT caches its attention biases (a non-persistent buffer) in
+    ``eval()``, so a builder's own ``eval()`` before loading would leave the random-init biases cached.
+    """
+    check_state_dict_matches(model, state, what, path)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def check_state_dict_matches(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
     """Raise ``CheckpointError`` unless ``state`` has exactly the keys and shapes of ``model``."""
     expected = model.state_dict()

@@ -45,7 +45,7 @@ from fastseg.registry import ModelSpec
 from fastseg_export.common import (
     Graph,
     atomic_torch_save,
-    check_state_dict_matches,
+    load_checked,
     load_state_dict,
 )
 from fastseg_export.errors import CheckpointError
@@ -93,15 +93,7 @@ def load_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     """
     checkpoint = Path(checkpoint)
     state = load_state_dict(checkpoint)
-    model = build_model(spec)
-    check_state_dict_matches(model, state, f"{spec.name} ({spec.checkpoint_format})", checkpoint)
-    model.load_state_dict(state, strict=True)
-    # eval() after loading: TinyViT caches its attention biases (a non-persistent buffer) in eval(),
-    # so the builder's own eval() before loading would leave the random-init biases in the cache.
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return load_checked(build_model(spec), state, f"{spec.name} ({spec.checkpoint_format})", checkpoint)
 
 
 def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from fastseg.registry import ModelSpec
-from fastseg_export.common import Graph, atomic_torch_save, check_state_dict_matches, load_state_dict
+from fastseg_export.common import Graph, atomic_torch_save, load_checked, load_state_dict
 from fastseg_export.references import SAM2_CONFIG
 from fastseg_export.sam import DECODER_IMAGE_OUTPUTS as SAM_DECODER_IMAGE_OUTPUTS
 from fastseg_export.sam import EMBED_SIZE, SamDecoder, check_prompt_sets
@@ -61,13 +61,7 @@ def load_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     """Build the official model and load ``checkpoint`` (``{"model": state dict}``) into it, safely."""
     checkpoint = Path(checkpoint)
     state = load_state_dict(checkpoint, entry="model")
-    model = build_model(spec)
-    check_state_dict_matches(model, state, f"{spec.name} ({spec.checkpoint_format})", checkpoint)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return load_checked(build_model(spec), state, f"{spec.name} ({spec.checkpoint_format})", checkpoint)
 
 
 def write_random_checkpoint(spec: ModelSpec, path: Path, seed: int) -> None:

@@ -2,9 +2,10 @@
 
 The fast tests check the numpy pieces on their own; the slow ones (which need torch and ``sam2``:
 ``SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0``) compare them with the original
-(``SAM2Transforms``, ``MaskDecoder._dynamic_multimask_via_stability``) and compare ``Predictor`` on a
-random-weight ``sam2.1_hiera_tiny`` export with ``SAM2ImagePredictor`` on the same checkpoint, on real
-photos, for every prompt type, on both backends at f32.
+(``SAM2Transforms``, ``MaskDecoder._dynamic_multimask_via_stability``) and compare ``Predictor`` on
+random-weight ``sam2.1_hiera_tiny`` and ``sam2.1_hiera_base_plus`` exports with ``SAM2ImagePredictor``
+on the same checkpoints, on real photos, for every prompt type, on both backends at f32, and everything
+mode with ``SAM2AutomaticMaskGenerator``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from fastseg.sam2 import (
 )
 
 MODEL = "sam2.1_hiera_tiny"
+#: The parity tests run on these two sizes (the issue's minimum); small and large are checked by hand.
+PARITY_MODELS = (MODEL, "sam2.1_hiera_base_plus")
 SPEC = get_spec(MODEL)
 
 
@@ -150,8 +153,8 @@ def test_single_mask_is_mask_zero_when_stable_else_the_best_candidate() -> None:
 
 
 @pytest.fixture(scope="module")
-def sam2_reference(random_checkpoint) -> Any:  # noqa: ANN001
-    """``SAM2ImagePredictor`` on the session's random-weight checkpoint, as its README builds it."""
+def sam2_references(random_checkpoint) -> Any:  # noqa: ANN001
+    """``name -> SAM2ImagePredictor`` on the session's random-weight checkpoint, as its README builds it."""
     from conftest import import_torch
 
     import_torch()
@@ -160,8 +163,19 @@ def sam2_reference(random_checkpoint) -> Any:  # noqa: ANN001
 
     from fastseg_export.references import SAM2_CONFIG
 
-    model = build_sam2(SAM2_CONFIG[MODEL], str(random_checkpoint(MODEL)), device="cpu")
-    return SAM2ImagePredictor(model)
+    made: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in made:
+            made[name] = SAM2ImagePredictor(build_sam2(SAM2_CONFIG[name], str(random_checkpoint(name)), device="cpu"))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def sam2_reference(sam2_references) -> Any:  # noqa: ANN001
+    return sam2_references(MODEL)
 
 
 def test_preprocess_matches_sam2_transforms(sam2_reference, photos: dict[str, np.ndarray]) -> None:  # noqa: ANN001
@@ -212,13 +226,16 @@ def _agree(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float((ours == theirs).mean())
 
 
+@pytest.mark.parametrize("model", PARITY_MODELS)
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_predict_matches_sam2_image_predictor(
-    backend: str, exported_model, sam2_reference, photos: dict[str, np.ndarray]  # noqa: ANN001
+    model: str, backend: str, exported_model, sam2_references, photos: dict[str, np.ndarray]  # noqa: ANN001
 ) -> None:
     """Every prompt type, multimask on and off (off: SAM 2's own choice by stability), masks >= 99.9%
     of pixels equal, scores within 1e-3, the low-resolution logits (clamped, as returned) within 1e-3."""
-    predictor = fastseg.Predictor(exported_model(MODEL), backend=backend, cache_dir=False)
+    sam2_reference = sam2_references(model)
+    predictor = fastseg.Predictor(exported_model(model), backend=backend, cache_dir=False)
+    worst = {"agreement": 1.0, "score": 0.0, "logits": 0.0}
     for name, image in photos.items():
         h, w = image.shape[:2]
         sam2_reference.set_image(image)
@@ -229,11 +246,12 @@ def test_predict_matches_sam2_image_predictor(
                 masks, scores, low_res = _reference(sam2_reference, case, multimask)
                 where = f"{name} / {case_name} / multimask={multimask}"
                 assert result.masks.shape == masks.shape, where
-                for i in range(len(masks)):
-                    assert _agree(result.masks[i], masks[i] > 0) >= 0.999, where
-                assert np.abs(result.scores - scores).max() < 1e-3, where
                 assert result.low_res_logits is not None
-                assert np.abs(result.low_res_logits - low_res).max() < 1e-3, where
+                agreement = min(_agree(result.masks[i], masks[i] > 0) for i in range(len(masks)))
+                worst["agreement"] = min(worst["agreement"], agreement)
+                worst["score"] = max(worst["score"], float(np.abs(result.scores - scores).max()))
+                worst["logits"] = max(worst["logits"], float(np.abs(result.low_res_logits - low_res).max()))
+                assert agreement >= 0.999 and worst["score"] < 1e-3 and worst["logits"] < 1e-3, (where, worst)
         # the low-resolution logits fed back as mask_input, as a labeling tool refines a mask
         first = predictor.predict(points=[[w * 0.5, h * 0.5]], labels=[1], multimask=False)
         _, _, ref_low = sam2_reference.predict(
@@ -251,6 +269,8 @@ def test_predict_matches_sam2_image_predictor(
         for i in range(2):
             assert _agree(both.masks[i], masks[i, 0] > 0) >= 0.999, name
         assert np.abs(both.scores - scores.reshape(-1)).max() < 1e-3, name
+    print(f"\n[sam2 parity] {model} / {backend}: lowest mask agreement {worst['agreement']:.6%}, "
+          f"largest score difference {worst['score']:.1e}, largest low-res logit difference {worst['logits']:.1e}")
 
 
 def test_embeddings_round_trip(exported_model, photos, tmp_path: Path) -> None:  # noqa: ANN001
@@ -299,7 +319,7 @@ def test_everything_parameters_are_sam2_automatic_mask_generators() -> None:
 
 
 @pytest.fixture
-def sam2_generate(sam2_reference, monkeypatch) -> Any:  # noqa: ANN001
+def sam2_generate(sam2_references, monkeypatch) -> Any:  # noqa: ANN001
     """``SAM2AutomaticMaskGenerator(model, **params).generate(image)`` on the reference model. The
     predictor's hole and sprinkle clean-up (``min_mask_region_area`` > 0) needs ``sam2``'s CUDA
     extension for its connected regions, which is not built here (the original then warns and skips
@@ -317,15 +337,16 @@ def sam2_generate(sam2_reference, monkeypatch) -> Any:  # noqa: ANN001
 
     monkeypatch.setattr(misc, "get_connected_components", regions)
 
-    def generate(image: np.ndarray, **params: Any) -> list[dict[str, Any]]:
+    def generate(image: np.ndarray, model: str = MODEL, **params: Any) -> list[dict[str, Any]]:
         with torch.no_grad():
-            return SAM2AutomaticMaskGenerator(sam2_reference.model, **params).generate(image)
+            return SAM2AutomaticMaskGenerator(sam2_references(model).model, **params).generate(image)
 
     return generate
 
 
+@pytest.mark.parametrize("model", PARITY_MODELS)
 def test_everything_matches_sam2_generator_at_lowered_thresholds(
-    exported_model, photos, sam2_generate  # noqa: ANN001
+    model: str, exported_model, photos, sam2_generate  # noqa: ANN001
 ) -> None:
     """NMS off, thresholds lowered from our own run's score distribution (random weights keep nothing
     at the defaults: ``test_everything.py``'s module doc), both backends."""
@@ -333,7 +354,7 @@ def test_everything_matches_sam2_generator_at_lowered_thresholds(
 
     image = photos["chelsea"]
     for backend in ("openvino", "onnxruntime"):
-        predictor = fastseg.Predictor(exported_model(MODEL), backend=backend, cache_dir=False)
+        predictor = fastseg.Predictor(exported_model(model), backend=backend, cache_dir=False)
         predictor.set_image(image)
         every = predictor.everything(
             points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
@@ -347,7 +368,7 @@ def test_everything_matches_sam2_generator_at_lowered_thresholds(
         ours = predictor.everything(**params)
         assert 20 <= len(ours) < (iou > params["pred_iou_thresh"]).sum() < len(iou)  # each filter did something
         if backend == "openvino":
-            reference = sam2_generate(image, **params)
+            reference = sam2_generate(image, model, **params)
         assert_parity(reference, ours, image.shape[:2])
 
 
