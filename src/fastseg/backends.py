@@ -123,7 +123,6 @@ def _compile(
     return compiled
 
 
-
 def single_threaded_numpy_blas() -> None:
     """Run numpy's BLAS (OpenBLAS in numpy's wheels) on one thread in this process, from now on.
 
@@ -137,6 +136,7 @@ def single_threaded_numpy_blas() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+
 
 #: Graphs compiled without the CPU plugin's snippets: the SAM-family decoders, where the fused
 #: token-to-image attention kernel is slower than plain matrix products (which use AMX where the CPU has
