@@ -40,8 +40,8 @@ from torch import nn
 from fastseg.registry import ModelSpec
 from fastseg_export.common import Graph, atomic_torch_save, load_checked, load_state_dict
 from fastseg_export.references import SAM2_CONFIG
+from fastseg_export.sam import _PROMPT_AXES, EMBED_SIZE, SamDecoder, check_prompt_sets
 from fastseg_export.sam import DECODER_IMAGE_OUTPUTS as SAM_DECODER_IMAGE_OUTPUTS
-from fastseg_export.sam import EMBED_SIZE, SamDecoder, check_prompt_sets
 
 #: As for SAM (:data:`fastseg_export.sam.HYPERNETWORK_SCALE`): decisive random-weight mask logits.
 HYPERNETWORK_SCALE = 30.0
@@ -218,12 +218,6 @@ class Sam2PointDecoder(Sam2Decoder):
 
 #: Outputs of ``decoder_image``, inputs (with the prompt) of ``decoder_points``.
 DECODER_IMAGE_OUTPUTS = [*SAM_DECODER_IMAGE_OUTPUTS, "high_res_s0", "high_res_s1"]
-_PROMPT_AXES = {
-    "point_coords": {0: "batch", 1: "num_points"},
-    "point_labels": {0: "batch", 1: "num_points"},
-    "low_res_masks": {0: "batch"},
-    "iou_predictions": {0: "batch"},
-}
 
 
 def graphs(model: nn.Module, spec: ModelSpec) -> list[Graph]:
