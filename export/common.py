@@ -8,7 +8,7 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,9 @@ class Graph:
     opset: int = 17
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+def atomic_torch_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.save) -> None:
+    """``torch.save`` (or ``save``, e.g. ``torch.jit.save``) to ``path`` atomically: a temporary file in
+    the same folder, fsync, then ``os.replace``.
 
     Saved through the open file object, not a path, so torch names the archive's inner folder
     "archive" rather than after the temporary file: the bytes depend on ``obj`` alone.
@@ -51,7 +52,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -241,6 +241,9 @@ def _export_into(
         _convert_openvino(tmp / f"{graph.name}.onnx", tmp / f"{graph.name}.xml", ir_precision)
         entries[graph.name] = {"onnx": f"{graph.name}.onnx", "openvino": f"{graph.name}.xml",
                                **_io_entries(tmp / f"{graph.name}.onnx")}
+    write_extra_files = getattr(family, "write_extra_files", None)
+    if write_extra_files is not None:  # files the runtime reads besides the graphs (CLIP's vocabulary)
+        write_extra_files(tmp)
     opset = graphs[0].opset
     extra = family.manifest_extra(model, spec)
     del model, graphs  # the PyTorch weights are not needed past this point (ViT-H: 2.5 GB)
@@ -294,7 +297,7 @@ def export_model(
 
     Args:
         name: registry name (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``, ``mobile_sam``, ``fastsam_s``,
-            ``fastsam_x``).
+            ``fastsam_x``, the SAM 2.1 models, ``clip_vit_b32``).
         checkpoint: the official checkpoint file.
         ir_precision: ``"f32"`` or ``"f16"`` (f16-compressed OpenVINO weights; computation precision is
             chosen at run time).

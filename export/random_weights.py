@@ -34,6 +34,10 @@ def family_module(family: str):
         from fastseg_export import sam2
 
         return sam2
+    if family == "clip":
+        from fastseg_export import clip
+
+        return clip
     raise ValueError(f"unknown family {family!r}")
 
 

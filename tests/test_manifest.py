@@ -107,7 +107,7 @@ def test_wrong_family(tmp_path: Path) -> None:
 
 
 def test_unknown_model_name_lists_valid_ones() -> None:
-    expected = "unknown model 'sam_vit_x'; expected one of: fastsam_s, fastsam_x, mobile_sam"
+    expected = "unknown model 'sam_vit_x'; expected one of: clip_vit_b32, fastsam_s, fastsam_x, mobile_sam"
     with pytest.raises(ValueError, match=expected):
         get_spec("sam_vit_x")
 
@@ -117,7 +117,7 @@ def test_more_malformed_manifests(tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     for change, message in (
         ({"graphs": None}, "lacks the 'graphs' entry"),
-        ({"family": "yolo"}, r"unknown family 'yolo', expected one of \['fastsam', 'sam', 'sam2'\]"),
+        ({"family": "yolo"}, r"unknown family 'yolo', expected one of \['clip', 'fastsam', 'sam', 'sam2'\]"),
         ({"graphs": {"encoder": manifest["graphs"]["encoder"]}}, r"family 'sam' needs graphs \['decoder',"),
         ({"spec": {**manifest["spec"], "pixel_mean": None}}, "malformed 'spec' entry"),
         ({"spec": {**manifest["spec"], "colour": "blue"}}, "malformed 'spec' entry"),

@@ -225,3 +225,39 @@ def test_sam2_predict_without_torch(exported_model, photos, tmp_path: Path) -> N
     for backend in ("openvino", "onnxruntime"):
         assert out["shapes"][backend] == [[3, 300, 451], 27]
     assert out["shapes"]["segment"] == [3, 300, 451]
+
+
+def test_text_prompt_without_torch(exported_model, photos, tmp_path: Path) -> None:
+    """FastSAM text prompts (the CLIP graphs, the tokenizer, the crops) in Python and on the command
+    line, both backends, with every forbidden package refused."""
+    from PIL import Image
+
+    fastsam, clip = exported_model("fastsam_s"), exported_model("clip_vit_b32")
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(photos["coffee"]).save(image_path)
+    out = _run(
+        _blocker()
+        + textwrap.dedent(
+            f"""
+            import fastseg, fastseg.cli
+            fastseg.cli._add_plugin_commands = lambda sub: None  # `export` and `bench` are other packages
+            found = {{}}
+            for backend in ("openvino", "onnxruntime"):
+                predictor = fastseg.Predictor({str(fastsam)!r}, backend=backend, clip={str(clip)!r}, cache_dir=False)
+                predictor.set_image({str(image_path)!r})
+                result = predictor.predict(texts=["a cup of coffee", "a spoon"])
+                found[backend] = [len(result), sorted(result.scores.round(4).tolist()), result.info["clip"]]
+            code = fastseg.cli.main([
+                "segment", {str(image_path)!r}, "--model", {str(fastsam)!r}, "--clip", {str(clip)!r},
+                "--text", "a cup of coffee", "--mask", {str(tmp_path / "mask.png")!r},
+            ])
+            report(found=found, code=code)
+            """
+        )
+    )
+    assert out["loaded"] == [] and out["attempts"] == []
+    assert out["code"] == 0 and (tmp_path / "mask.png").exists()
+    ov, ort = out["found"]["openvino"], out["found"]["onnxruntime"]
+    assert 1 <= ov[0] <= 2 and ov[0] == ort[0]  # two texts: one detection each, possibly the same
+    np.testing.assert_allclose(ov[1], ort[1], atol=1e-3)
+    assert ov[2].startswith("clip_vit_b32 (random weights")

@@ -62,6 +62,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
         cache_dir=False if args.no_cache else None,
         conf=args.conf,
         iou=args.iou,
+        **({"clip": args.clip} if getattr(args, "clip", None) is not None else {}),
     )
 
 
@@ -82,17 +83,27 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError("--label needs --point")
         labels = args.label
     boxes = np.array(args.box, dtype=np.float64) if args.box else None
+    if args.clip is not None and not args.text:
+        raise ValueError("--clip is the CLIP model of --text prompts: give --text too")
+    if args.text and args.clip is None:
+        raise ValueError(
+            "--text needs --clip FOLDER, a CLIP model exported with "
+            "`fastseg export clip_vit_b32 --checkpoint ViT-B-32.pt`"
+        )
     predictor = _predictor(args)
     start = time.perf_counter()
     predictor.set_image(image)
-    result = predictor.predict(points=points, labels=labels, boxes=boxes, multimask=not args.single_mask)
+    result = predictor.predict(
+        points=points, labels=labels, boxes=boxes, multimask=not args.single_mask, texts=args.text or None
+    )
     elapsed = time.perf_counter() - start
     best = result.best() if predictor.folder.family in SAM_LIKE_FAMILIES else result
     union = (
         cast("npt.NDArray[np.bool_]", best.masks.any(axis=0)) if len(best) else np.zeros(image.shape[:2], dtype=bool)
     )
+    clip = f", {result.info['clip']}" if "clip" in result.info else ""
     print(
-        f"{predictor.model_name} ({predictor.folder.weights}), {args.backend} {predictor.precision}: "
+        f"{predictor.model_name} ({predictor.folder.weights}{clip}), {args.backend} {predictor.precision}: "
         f"{len(result)} masks, kept {len(best)} (scores {[round(float(s), 3) for s in best.scores]}), "
         f"{union.sum()} pixels, {elapsed * 1000:.0f} ms"
     )
@@ -143,8 +154,8 @@ def _segment_everything(args: argparse.Namespace, image: npt.NDArray[np.uint8]) 
     from fastseg.draw import save_png
     from fastseg.records import iter_masks
 
-    if args.point or args.box or args.label:
-        raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box")
+    if args.point or args.box or args.label or args.text:
+        raise ValueError("--everything segments the whole image without prompts; drop --point/--label/--box/--text")
     params = {name: getattr(args, name) for name, _, _ in EVERYTHING_OPTIONS if getattr(args, name) is not None}
     predictor = _predictor(args)
     _check_sam2_options(params, predictor.folder.family, args.model)
@@ -350,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="label of each --point: 1 foreground (default), 0 background",
     )
     sg.add_argument("--box", type=_box, action="append", metavar="X1,Y1,X2,Y2", help="a box prompt (repeatable)")
+    sg.add_argument(
+        "--text",
+        action="append",
+        metavar="TEXT",
+        help='FastSAM: a text prompt, e.g. --text "a dog" (repeatable; needs --clip): the detection CLIP finds '
+        "most similar to each text",
+    )
+    sg.add_argument("--clip", type=Path, help="FastSAM --text: the CLIP model folder (`fastseg export clip_vit_b32`)")
     sg.add_argument("--single-mask", action="store_true", help="SAM: one mask per prompt instead of three")
     sg.add_argument("--mask", type=Path, help="write the mask (best per prompt, united) to this .png file")
     sg.add_argument("--overlay", type=Path, help="write the image with the masks painted on it to this .png file")

@@ -48,6 +48,7 @@ from fastseg.results import SegmentationResult
 
 if TYPE_CHECKING:
     from fastseg.backends import Session
+    from fastseg.clip import ClipModel
     from fastseg.engine import ProgressCallback
     from fastseg.prompts import Prompts
 
@@ -60,6 +61,8 @@ MAX_NMS = 30000
 BORDER_SNAP_PX = 20
 #: ... and a box whose IoU with the whole image exceeds this becomes the whole image.
 FULL_BOX_IOU = 0.9
+#: Text prompts score only detections whose mask has more pixels than this (ultralytics' filter).
+TEXT_MIN_MASK_PIXELS = 100
 #: FastSAM's ultralytics defaults.
 DEFAULT_CONF = 0.4
 DEFAULT_IOU = 0.9
@@ -658,6 +661,9 @@ class _ImageState:
     masks: MaskAssembler
     scores: FloatArray
     boxes: FloatArray  # original pixels, after the FastSAM border rule (what results report)
+    #: For text prompts, once per image: the detections scored (masks of more than
+    #: TEXT_MIN_MASK_PIXELS pixels) and their crops' unit-norm CLIP features.
+    crop_features: tuple[npt.NDArray[np.intp], FloatArray] | None = None
 
 
 @dataclass(frozen=True)
@@ -682,6 +688,7 @@ class FastSamEngine:
         sessions: ``{"network": Session}``.
         conf: detection confidence threshold, in [0, 1] (ultralytics' FastSAM default).
         iou: NMS IoU threshold, in [0, 1] (ultralytics' FastSAM default).
+        clip: a :class:`fastseg.clip.ClipModel` for text prompts, or None.
     """
 
     graph = "network"
@@ -694,6 +701,7 @@ class FastSamEngine:
         sessions: Mapping[str, Session],
         conf: float = DEFAULT_CONF,
         iou: float = DEFAULT_IOU,
+        clip: ClipModel | None = None,
     ) -> None:
         if folder.spec.family != "fastsam" or folder.spec.resize != "letterbox":
             raise ModelFolderError(
@@ -717,6 +725,7 @@ class FastSamEngine:
         self.session = sessions[self.graph]
         self.conf = float(conf)
         self.iou = float(iou)
+        self.clip = clip
         self._state: _ImageState | None = None
 
     # -- image ----------------------------------------------------------------------------------
@@ -879,7 +888,65 @@ class FastSamEngine:
                 candidates = np.arange(n)
             values = masks.values_at_points(candidates, xy)
             chosen[candidates[select_by_points(values, lab)]] = True
+        if prompts.texts is not None:
+            scored, image_features = self._crop_features(state, prompts.image)
+            if len(scored):  # the size filter can leave nothing to score, as in ultralytics
+                clip = cast("ClipModel", self.clip)
+                similarity = clip.text_features(prompts.texts) @ image_features.T  # (texts, crops)
+                chosen[scored[np.argmax(similarity, axis=1)]] = True  # the best crop per text
         return np.flatnonzero(chosen)
+
+    def text_similarity(
+        self, texts: tuple[str, ...], image: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.intp], FloatArray]:
+        """The detections text prompts score and their ``(len(texts), K)`` similarities (tests, tools)."""
+        state = self._require_state()
+        scored, image_features = self._crop_features(state, image)
+        clip = cast("ClipModel", self.clip)
+        return scored, clip.text_features(texts) @ image_features.T
+
+    def _crop_features(
+        self, state: _ImageState, image: npt.NDArray[np.uint8] | None
+    ) -> tuple[npt.NDArray[np.intp], FloatArray]:
+        """ultralytics' crops for text prompts, encoded once per image: each detection whose mask
+        has more than :data:`TEXT_MIN_MASK_PIXELS` pixels, its box (truncated to whole pixels) cut
+        from the image with the pixels outside the mask zeroed, through CLIP's preprocessing."""
+        if state.crop_features is not None:
+            return state.crop_features
+        if self.clip is None:
+            raise ValueError("text prompts need a CLIP model: Predictor(model, clip='models/clip_vit_b32')")
+        if image is None:
+            raise ValueError(
+                "text prompts crop the image's pixels, and this image was restored from an embedding without "
+                "them: set the image itself (set_image / encode) to prompt it with texts"
+            )
+        from PIL import Image
+
+        from fastseg.clip import preprocess
+
+        masks = state.masks
+        if image.shape[:2] != masks.image_size:
+            raise ValueError(f"image is {image.shape[:2]}, the embedding's image {masks.image_size}")
+        scored, crops = [], []
+        for i in range(len(masks)):
+            region_mask = masks.box_mask(i)
+            if int(np.count_nonzero(region_mask)) <= TEXT_MIN_MASK_PIXELS:
+                continue
+            r0, r1, c0, c1 = masks.region(i)
+            x1, y1, x2, y2 = (int(v) for v in state.boxes[i].tolist())  # torch: int() of the float
+            pixels = image[y1:y2, x1:x2]
+            keep = np.zeros(pixels.shape[:2], dtype=bool)
+            top, bottom = max(y1, r0), min(y1 + pixels.shape[0], r1)
+            left, right = max(x1, c0), min(x1 + pixels.shape[1], c1)
+            if top < bottom and left < right:
+                keep[top - y1 : bottom - y1, left - x1 : right - x1] = region_mask[
+                    top - r0 : bottom - r0, left - c0 : right - c0
+                ]
+            scored.append(i)
+            crops.append(preprocess(Image.fromarray(pixels * keep[:, :, None])))
+        features = self.clip.image_features(np.stack(crops)) if crops else np.zeros((0, 0), dtype=np.float32)
+        state.crop_features = (np.asarray(scored, dtype=np.intp), features)
+        return state.crop_features
 
     @staticmethod
     def _select_boxes(masks: MaskAssembler, prompt_boxes: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:

@@ -31,6 +31,7 @@ GRAPHS_BY_FAMILY = {
     "sam": ("encoder", "decoder", "decoder_image", "decoder_points"),
     "fastsam": ("network",),
     "sam2": ("encoder", "decoder", "decoder_image", "decoder_points"),
+    "clip": ("image_encoder", "text_encoder"),
 }
 #: The backends' keys in a graph entry of the manifest.
 GRAPH_FILE_KEYS = {"openvino": "openvino", "onnxruntime": "onnx"}

@@ -7,8 +7,8 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fastseg.backends import Backend, Precision, _outside_fastseg, open_session
+from fastseg.clip import ClipModel, check_texts
 from fastseg.engine import Engine, ImageEmbeddingLike, ProgressCallback, SessionWrapper
 from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, FastSamImageEmbedding
 from fastseg.image import ImageLike, load_image
-from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, load_model_folder
+from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, ModelFolderError, load_model_folder
 from fastseg.prompts import check_flag, validate_prompts
 from fastseg.records import MaskRecords
+from fastseg.registry import SEGMENTATION_FAMILIES
 from fastseg.results import SegmentationResult
 from fastseg.sam import ImageEmbedding
 from fastseg.sam2 import Sam2ImageEmbedding
@@ -113,6 +115,9 @@ class Predictor:
             :attr:`store_hits` and :attr:`store_misses` count the lookups. A store entry that
             cannot be used, or an embedding that cannot be stored, costs a
             :class:`~fastseg.store.StoreWarning` and an encoder run, never an error.
+        clip: FastSAM only: a CLIP model folder (``fastseg export clip_vit_b32``) or an opened
+            :class:`~fastseg.clip.ClipModel`, for ``predict(texts=...)``; a folder is opened on this
+            Predictor's backend and precision.
 
     Example:
         >>> p = Predictor("models/mobile_sam")
@@ -133,10 +138,16 @@ class Predictor:
         session_wrapper: SessionWrapper | None = None,
         cached_images: int = 4,
         store: EmbeddingStore | str | Path | None = None,
+        clip: ClipModel | str | Path | None = None,
     ) -> None:
         if isinstance(cached_images, bool) or not isinstance(cached_images, int) or cached_images < 1:
             raise ValueError(f"cached_images must be a positive int, got {cached_images!r}")
         self.folder: ModelFolder = load_model_folder(model_dir)
+        if self.folder.family not in SEGMENTATION_FAMILIES:
+            raise ModelFolderError(
+                f"{self.folder.path} holds {self.folder.name}, FastSAM's text model, not a segmentation model: "
+                f"pass it as Predictor(fastsam_folder, clip={str(self.folder.path)!r})"
+            )
         self.backend = backend
         #: The precision asked for; :attr:`precision` is the one the backend runs at.
         self.requested_precision = precision
@@ -176,6 +187,18 @@ class Predictor:
         #: Images found in the store (the encoder did not run), and images encoded with a store set.
         self.store_hits = 0
         self.store_misses = 0
+        #: The CLIP model text prompts use (FastSAM only), or None.
+        self.clip: ClipModel | None = None
+        if clip is not None:
+            if self.folder.family != "fastsam":
+                raise ValueError(
+                    f"clip= is for FastSAM models (text prompts); {self.folder.name} is a {self.folder.family!r} model"
+                )
+            self.clip = (
+                clip
+                if isinstance(clip, ClipModel)
+                else ClipModel(clip, backend, precision, num_threads=num_threads, cache_dir=cache)
+            )
         self._new_engine: Callable[[], Engine]
         if self.folder.family == "sam":
             from fastseg.sam import SamEngine
@@ -188,7 +211,7 @@ class Predictor:
         else:
             from fastseg.fastsam import FastSamEngine
 
-            self._new_engine = lambda: FastSamEngine(self.folder, sessions, conf=conf, iou=iou)
+            self._new_engine = lambda: FastSamEngine(self.folder, sessions, conf=conf, iou=iou, clip=self.clip)
         # Each engine holds one image's state; they share the sessions, and the lock serialises them.
         self._lock = threading.Lock()
         self._template: Engine = self._new_engine()  # for what needs no image (parameters, sizes)
@@ -260,6 +283,7 @@ class Predictor:
         mask_input: npt.ArrayLike | None = None,
         multimask: bool = True,
         image: ImageHandle | None = None,
+        texts: Sequence[str] | None = None,
     ) -> SegmentationResult:
         """Masks for the prompts on the image of ``image`` (a handle), or on the image set.
 
@@ -273,16 +297,29 @@ class Predictor:
                 ``True`` or ``False`` (a numpy bool too).
             image: an :class:`ImageHandle` of this model (from :meth:`set_image`, :meth:`encode` or
                 :meth:`set_image_embedding`); None answers on the image set last (one image at a time).
+            texts: FastSAM with ``clip=``: a list of strings; for each, the detection whose crop CLIP
+                finds most similar, as ultralytics' ``FastSAMPredictor.prompt(texts=...)`` (added to
+                what points and boxes select). The crops are encoded once per image, each text once
+                per Predictor's CLIP model (cached).
 
         Returns:
             A :class:`~fastseg.results.SegmentationResult` at the original resolution.
         """
         multimask = check_flag("multimask", multimask)
         handle = self._require_image() if image is None else self._check_handle(image)
-        prompts = validate_prompts(handle.original_size, points, labels, boxes, mask_input, self._template.low_res_size)
+        if texts is not None:
+            texts = check_texts(texts)  # what came first, then whether this model takes texts
+            self._check_text_prompts(handle)
+        prompts = validate_prompts(
+            handle.original_size, points, labels, boxes, mask_input, self._template.low_res_size, texts=texts
+        )
+        if prompts.texts is not None:
+            prompts = replace(prompts, image=handle.pixels)
         with self._lock:
             result = self._engine_for(handle).predict(prompts, multimask)
         result.info.update(self._info())
+        if prompts.texts is not None and self.clip is not None:
+            result.info["clip"] = f"{self.clip.name} ({self.clip.folder.weights})"
         return result
 
     def everything(
@@ -370,6 +407,23 @@ class Predictor:
             with self._lock:
                 self._current = None
             raise
+
+    def _check_text_prompts(self, handle: ImageHandle) -> None:
+        if self.folder.family != "fastsam":
+            raise ValueError(
+                f"text prompts are for FastSAM models; {self.folder.name} is a {self.folder.family!r} model "
+                "(prompt it with points and boxes)"
+            )
+        if self.clip is None:
+            raise ValueError(
+                "texts need a CLIP model: Predictor(model_dir, clip='models/clip_vit_b32'), exported with "
+                "`fastseg export clip_vit_b32 --checkpoint ViT-B-32.pt --out models/clip_vit_b32`"
+            )
+        if handle.pixels is None:
+            raise ValueError(
+                "text prompts crop the image's pixels, and this image was restored from an embedding without "
+                "them: set the image itself (set_image / encode) to prompt it with texts"
+            )
 
     def _require_image(self) -> ImageHandle:
         current = self._current

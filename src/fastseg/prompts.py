@@ -6,6 +6,7 @@ as given, int64 labels) or raises a ``ValueError`` that names what was expected 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ class Prompts:
         mask_input: ``(B or 1, S, S)`` float32 low-resolution logits from a previous call (``S`` the
             model's low-resolution mask size), or None.
 
-    At least one point or box is present. Coordinates stay float64, as the user gave them:
+    At least one point, box or text is present. Coordinates stay float64, as the user gave them:
     ``segment_anything`` scales them to the input frame in float64 before its float32 cast, and
     ultralytics truncates them to whole pixels from the given value (a float32 round trip would turn
     100.99999999 into 101, not 100). Engines trust a ``Prompts`` value: nothing checks it twice.
@@ -45,6 +46,9 @@ class Prompts:
     labels: npt.NDArray[np.int64] | None = None
     boxes: npt.NDArray[np.float64] | None = None
     mask_input: npt.NDArray[np.float32] | None = None
+    #: FastSAM text prompts (a non-empty tuple of strings), with the RGB pixels their crops come from.
+    texts: tuple[str, ...] | None = None
+    image: npt.NDArray[np.uint8] | None = None
 
     @property
     def n_sets(self) -> int:
@@ -67,6 +71,7 @@ def validate_prompts(
     boxes: npt.ArrayLike | None = None,
     mask_input: npt.ArrayLike | None = None,
     low_res_size: int | None = None,
+    texts: Sequence[str] | None = None,
 ) -> Prompts:
     """Check prompts for an image of ``image_size`` ``(H, W)`` and bring them to one layout.
 
@@ -82,6 +87,7 @@ def validate_prompts(
             ``result.low_res_logits`` of a previous call.
         low_res_size: ``S``, the model's low-resolution mask size (its model folder says it); None
             for a model that takes no mask input (FastSAM).
+        texts: a non-empty list of strings (FastSAM with a CLIP model; the caller checks the model).
     """
     h, w = image_size
     pts = lab = bxs = msk = None
@@ -128,7 +134,11 @@ def validate_prompts(
         outside = (bxs[:, 0] < 0) | (bxs[:, 1] < 0) | (bxs[:, 2] > w) | (bxs[:, 3] > h)
         if outside.any():
             raise ValueError(f"boxes must lie inside the {w}x{h} image, got {bxs[outside].tolist()}")
-    if pts is None and bxs is None:
+    if texts is not None:
+        from fastseg.clip import check_texts
+
+        texts = tuple(check_texts(texts))
+    if pts is None and bxs is None and texts is None:
         raise ValueError(
             "predict needs points and/or boxes; no prompt was given (whole-image segmentation "
             "is a separate mode, not a default)"
@@ -152,4 +162,4 @@ def validate_prompts(
         if msk.shape[0] not in (1, n_sets):
             raise ValueError(f"mask_input has {msk.shape[0]} masks but there are {n_sets} prompt sets")
         mask32 = msk.astype(np.float32)
-    return Prompts(points=pts, labels=lab, boxes=bxs, mask_input=mask32)
+    return Prompts(points=pts, labels=lab, boxes=bxs, mask_input=mask32, texts=texts)

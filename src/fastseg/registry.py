@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Family = Literal["sam", "fastsam", "sam2"]
+Family = Literal["sam", "fastsam", "sam2", "clip"]
 
 #: Families prompted as SAM is: three candidates per prompt (``multimask``), low-resolution logits
 #: that can be fed back as ``mask_input``.
@@ -22,6 +22,11 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 #: SAM 2.1's ImageNet normalisation, of 0..1 values (``SAM2Transforms``: ToTensor, Resize, Normalize).
 SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM2_PIXEL_STD = (0.229, 0.224, 0.225)
+#: CLIP's normalisation of 0..1 values (``clip.clip._transform``).
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Families whose folders segment (``Predictor``); a ``"clip"`` folder is the text model FastSAM takes.
+SEGMENTATION_FAMILIES = frozenset({"sam", "fastsam", "sam2"})
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,9 @@ class ModelSpec:
 
     Attributes:
         name: registry name, e.g. ``"mobile_sam"``.
-        family: ``"sam"`` (image encoder + prompt decoder), ``"fastsam"`` (one YOLOv8-seg network) or
-            ``"sam2"`` (SAM 2.1 for images: Hiera encoder with its FPN neck + prompt decoder).
+        family: ``"sam"`` (image encoder + prompt decoder), ``"fastsam"`` (one YOLOv8-seg network),
+            ``"sam2"`` (SAM 2.1 for images: Hiera encoder with its FPN neck + prompt decoder) or ``"clip"``
+            (CLIP's image and text towers, for FastSAM's text prompts).
         input_size: longest side (SAM) or letterbox size (FastSAM) of the network input, in pixels.
         pixel_mean, pixel_std: RGB normalisation ``(x - mean) / std`` of 0..255 pixels (FastSAM: mean 0,
             std 255, ultralytics' ``x / 255``); with ``resize="square"``, of 0..1 values (``x / 255``
@@ -39,10 +45,12 @@ class ModelSpec:
         resize: ``"longest_side"`` (SAM: resize so the longest side is ``input_size``, pad bottom/right),
             ``"letterbox"`` (FastSAM: ultralytics letterbox, centred padding with value 114) or
             ``"square"`` (SAM 2.1: ``x / 255``, resized to ``input_size`` x ``input_size`` without keeping
-            the aspect ratio, bilinear with antialiasing, then normalised).
+            the aspect ratio, bilinear with antialiasing, then normalised) or ``"shorter_side_crop"``
+            (CLIP: the shorter side to ``input_size``, bicubic, the centre square, ``x / 255``, normalised).
         mask_threshold: logit threshold that turns mask logits into a binary mask.
-        checkpoint_format: ``"sam_state_dict"``, ``"mobile_sam_state_dict"``, ``"ultralytics"`` or
-            ``"sam2_checkpoint"`` (a dict whose ``"model"`` entry is the state dict).
+        checkpoint_format: ``"sam_state_dict"``, ``"mobile_sam_state_dict"``, ``"ultralytics"``,
+            ``"sam2_checkpoint"`` (a dict whose ``"model"`` entry is the state dict) or
+            ``"clip_torchscript"`` (OpenAI's TorchScript archive; a plain state dict is read too).
         checkpoint_filename: the file name of the official checkpoint.
         checkpoint_url: where the official checkpoint is published.
         checkpoint_sha256: sha256 of the official file, when known; downloads are verified against it.
@@ -55,9 +63,11 @@ class ModelSpec:
     input_size: int
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
-    resize: Literal["longest_side", "letterbox", "square"]
+    resize: Literal["longest_side", "letterbox", "square", "shorter_side_crop"]
     mask_threshold: float
-    checkpoint_format: Literal["sam_state_dict", "mobile_sam_state_dict", "ultralytics", "sam2_checkpoint"]
+    checkpoint_format: Literal[
+        "sam_state_dict", "mobile_sam_state_dict", "ultralytics", "sam2_checkpoint", "clip_torchscript"
+    ]
     checkpoint_filename: str
     checkpoint_url: str
     checkpoint_sha256: str | None = None
@@ -179,6 +189,24 @@ REGISTRY: dict[str, ModelSpec] = {
         name: _sam2(name)
         for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
     },
+    # CLIP ViT-B/32 for FastSAM's text prompts: the file `clip.load("ViT-B/32")` downloads; OpenAI's URL
+    # carries the file's sha256, which the clip package checks too (clip/clip.py, _MODELS).
+    "clip_vit_b32": ModelSpec(
+        name="clip_vit_b32",
+        family="clip",
+        input_size=224,
+        pixel_mean=CLIP_PIXEL_MEAN,
+        pixel_std=CLIP_PIXEL_STD,
+        resize="shorter_side_crop",
+        mask_threshold=0.0,
+        checkpoint_format="clip_torchscript",
+        checkpoint_filename="ViT-B-32.pt",
+        checkpoint_url=(
+            "https://openaipublic.azureedge.net/clip/models/"
+            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
+        ),
+        checkpoint_sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+    ),
 }
 
 
