@@ -120,6 +120,9 @@ def fastseg_folder(name: str, checkpoint: Path, sha: str, cache: Path, int8: boo
     packages: tuple[str, ...] = ("torch", "openvino", "onnx", "onnxruntime")
     if family == "sam2":
         packages += ("sam2",)
+    if family == "clip":  # the self-check runs fastseg's tokenizer and preprocessing
+        files.append(runtime / "clip.py")
+        packages += ("clip-anytorch",)
     if int8:
         files.append(_export_dir() / "int8.py")
         packages += ("nncf",)
@@ -247,8 +250,12 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported on the ultralytics path, with the traceback on stderr
             ultralytics_error = f"ultralytics' OpenVINO export failed: {_one_line(exc)}"
             log(f"{name}: {ultralytics_error}\n{traceback.format_exc()}")
+    conf = None
+    if job.get("conf_for"):
+        conf = conf_for_detections(**job["conf_for"])
     return {
         "status": "ok",
+        "conf": conf,
         "family": spec.family,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha,
@@ -258,6 +265,22 @@ def prepare_model(job: dict[str, Any]) -> dict[str, Any]:
         "ultralytics_dir": str(ultralytics_dir) if ultralytics_dir else None,
         "ultralytics_error": ultralytics_error,
     }
+
+
+def conf_for_detections(model_dir: str, image: str, detections: int) -> float:
+    """A FastSAM confidence threshold keeping about ``detections`` anchors on ``image`` (an ``.npy``
+    file): the middle of the widest gap among the confidences ranked ``detections`` -5 .. +5 (fastseg,
+    OpenVINO f32), so that no anchor sits near it and every path keeps the same ones."""
+    import numpy as np
+
+    from fastseg import Predictor
+
+    predictor = Predictor(model_dir)
+    predictor.set_image(np.load(image))
+    scores = np.sort(predictor.get_image_embedding().detections[0, 4])[::-1]
+    band = scores[max(detections - 6, 0) : detections + 5]
+    k = int(np.argmax(band[:-1] - band[1:]))
+    return float((band[k] + band[k + 1]) / 2)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -218,6 +218,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{agreement['compared']} ({agreement['count'][0]} vs {agreement['count'][1]}) |")
 
     lines += _everything_table(results, failures)
+    lines += _text_table(results, failures)
 
     versus = [(name, mode, v) for name, m in results["models"].items()
               for mode, v in (("one point, end to end", m.get("fastseg_vs_ultralytics")),
@@ -314,6 +315,46 @@ def _everything_table(results: dict[str, Any], failures: list[str]) -> list[str]
              "|---|---|---|--:|--:|--:|--:|--:|--:|"]
     for name, section in sections.items():
         lines += _path_rows(name, section["paths"], failures, " everything", _everything_cells)
+    return lines
+
+
+def _text_cells(path: str, result: dict[str, Any]) -> list[str]:
+    if not result:
+        return [""] * 8
+    ratio = result.get("speedup", {})
+    return [
+        str(result.get("precision", "")),
+        str(result["detections"]),
+        _summary_cell(result.get("text_first_ms"), fmt_ms),
+        fmt_ratio(ratio.get("text_first")),
+        _summary_cell(result.get("text_again_ms"), fmt_ms) if result.get("text_again_ms") else "—",
+        fmt_ratio(ratio.get("text_again")) if result.get("text_again_ms") else "—",
+        f"{result['peak_rss_mib']:,.0f}",
+        fmt_ratio(ratio.get("peak_rss")),
+    ]
+
+
+def _text_table(results: dict[str, Any], failures: list[str]) -> list[str]:
+    """The FastSAM text-prompt section: one row per model and path (appends failures to ``failures``)."""
+    sections = {name: m["text"] for name, m in results["models"].items() if m.get("text")}
+    if not sections:
+        return []
+    lines = ["", "### FastSAM text prompts (CLIP ViT-B/32)", "",
+             "One text per query on the image already set (ultralytics: `FastSAMPredictor.prompt(results, "
+             "texts=...)` after one un-prompted prediction; fastseg: `Predictor.predict(texts=...)`). First query: "
+             "the crops of every detection with more than 100 mask pixels are cut and encoded (fastseg sets the "
+             "image again, untimed, before each). Again: another new text on the same image; fastseg keeps the "
+             "crops' CLIP features per image, ultralytics encodes them on every query, so its first-query time is "
+             "the baseline of both ×. Confidence set for about the requested number of detections.", ""]
+    for name, section in sections.items():
+        if section.get("status") != "ok":
+            failures.append(f"{name} / text prompts: {section.get('error')}")
+            continue
+        lines.append(f"- {name}: conf {section['conf']:.4f}, CLIP {section['clip_weights']}")
+    lines += ["", "| model | path | precision | detections | first query ms | × | again ms | × | peak RSS MiB | × |",
+              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for name, section in sections.items():
+        lines += _path_rows(name, section.get("paths", {}), failures, " text", _text_cells)
     return lines
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fastseg.registry import REGISTRY, get_spec
+from fastseg.registry import REGISTRY, SEGMENTATION_FAMILIES, get_spec
 from fastseg_bench.machine import describe_machine
 from fastseg_bench.prepare import default_cache_root
 from fastseg_bench.report import (
@@ -40,15 +40,20 @@ from fastseg_bench.report import (
     render_markdown,
     to_json,
 )
-from fastseg_bench.stats import everything_agreement, mask_agreement, summarize
+from fastseg_bench.stats import everything_agreement, mask_agreement, speedup, summarize
 from fastseg_bench.worker import GRID_FAMILIES, PATHS
 
 DEFAULT_MODELS = ("sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x")
-#: The models the benchmark has PyTorch runners for: all of them.
-BENCH_MODELS = tuple(REGISTRY)
-#: (warm-up, end-to-end runs, clicks, cold starts, everything runs) for a full and a --quick run.
-FULL_RUNS = (1, 5, 20, 3, 1)
-QUICK_RUNS = (1, 2, 5, 1, 1)
+#: The models the benchmark has PyTorch runners for: every segmentation model (CLIP is FastSAM's text
+#: model, timed with FastSAM's text prompts).
+BENCH_MODELS = tuple(name for name, spec in REGISTRY.items() if spec.family in SEGMENTATION_FAMILIES)
+#: The CLIP model FastSAM's text prompts use (prepared once per run when a FastSAM model is benchmarked).
+TEXT_MODEL = "clip_vit_b32"
+#: The paths timed on FastSAM text prompts (ultralytics' OpenVINO export runs CLIP in PyTorch too).
+TEXT_PATHS = ("pytorch", "fastseg-onnxruntime", "fastseg-openvino-f32", "fastseg-openvino-bf16")
+#: (warm-up, end-to-end runs, clicks, cold starts, everything runs, text queries) for a full and a --quick run.
+FULL_RUNS = (1, 5, 20, 3, 1, 3)
+QUICK_RUNS = (1, 2, 5, 1, 1, 1)
 #: SamAutomaticMaskGenerator's default grid: 32 x 32 points.
 DEFAULT_EVERYTHING_POINTS = 32
 DEFAULT_IMAGE_SIZE = (1620, 1080)  # (W, H): 1080p height, the 3:2 aspect of skimage's coffee
@@ -80,6 +85,8 @@ class BenchConfig:
     out: Path = Path("bench-results")
     cache: Path = field(default_factory=default_cache_root)
     timeout: float = 3600.0
+    text_repeats: int = 0
+    text_detections: int = 50
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SAM family everything mode: points_per_side of the grid (default "
                              f"{DEFAULT_EVERYTHING_POINTS}, the original generator's; other parameters stay at "
                              "their defaults)")
+    parser.add_argument("--text-repeats", type=_count(0), metavar="N",
+                        help=f"FastSAM text prompts: timed text queries per path (default {full[5]}, --quick "
+                             f"{quick[5]}; 0: skip), CLIP ViT-B/32 ({TEXT_MODEL}) against ultralytics' PyTorch path")
+    parser.add_argument("--text-detections", type=_count(1), default=50, metavar="N",
+                        help="FastSAM text prompts: the confidence threshold is set so that about N detections "
+                             "are scored (default 50)")
     parser.add_argument("--image", type=Path, metavar="PATH",
                         help="photo to use (default: skimage.data.coffee() resized to 1620x1080 with PIL bicubic)")
     parser.add_argument("--point", type=_point, metavar="X,Y", help="the positive point (default: image centre)")
@@ -206,7 +219,8 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         for name, path in pairs:
             if name in target:
                 parser.error(f"{option} given twice for {name}: {target[name]} and {path}")
-            if name not in args.models:
+            if name not in args.models and not (name == TEXT_MODEL and any(
+                    get_spec(m).family == "fastsam" for m in args.models)):
                 parser.error(f"{option} {name}=... names a model that is not benchmarked (--models "
                              f"{','.join(args.models)})")
             target[name] = path
@@ -238,6 +252,8 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         out=args.out,
         cache=args.cache or default_cache_root(),
         timeout=args.timeout,
+        text_repeats=runs[5] if args.text_repeats is None else args.text_repeats,
+        text_detections=args.text_detections,
     )
 
 
@@ -448,6 +464,54 @@ def bench_everything(name: str, family: str, paths: list[str], config: BenchConf
     return section
 
 
+def bench_text(name: str, paths: list[str], config: BenchConfig, work: Path, job_base: dict[str, Any],
+               image_path: Path) -> dict[str, Any]:
+    """FastSAM text prompts on each of ``paths``: CLIP ViT-B/32 prepared once (random weights unless
+    ``--checkpoint clip_vit_b32=...``), the confidence set for about ``config.text_detections``
+    detections (fastseg's network on the bench image, in the prepare process), then one process per path."""
+    section: dict[str, Any] = {"paths": {}}
+    log(f"{name}: preparing {TEXT_MODEL} and the confidence for ~{config.text_detections} detections")
+    prep, _ = run_child("prepare", {
+        "model": TEXT_MODEL,
+        "cache": str(config.cache),
+        "checkpoint": str(config.checkpoints[TEXT_MODEL]) if TEXT_MODEL in config.checkpoints else None,
+        "model_dir": str(config.model_dirs[TEXT_MODEL]) if TEXT_MODEL in config.model_dirs else None,
+        "conf_for": {"model_dir": job_base["model_dir"], "image": str(image_path),
+                     "detections": config.text_detections},
+    }, work, f"{name}-text-prepare", config.timeout)
+    if prep.get("status") != "ok" or prep.get("model_dir") is None:
+        section["status"] = "failed"
+        section["error"] = prep.get("error") or prep.get("model_dir_error")
+        return section
+    section.update(status="ok", clip_weights=prep["weights"], conf=prep["conf"])
+    for path in [p for p in TEXT_PATHS if p in paths]:
+        tag = f"{name}-{path}-text"
+        log(f"{name} / {path}: text prompts ({config.text_repeats} timed queries, conf {prep['conf']:.4f})")
+        job = dict(job_base, path=path, conf=prep["conf"], clip_checkpoint=prep["checkpoint"],
+                   clip_dir=prep["model_dir"], text_repeats=config.text_repeats)
+        measured, _ = run_child("text", job, work, tag, config.timeout)
+        if measured.get("status") != "ok":
+            section["paths"][path] = {"status": "failed", "error": measured.get("error")}
+            continue
+        section["paths"][path] = {
+            "status": "ok",
+            "precision": measured["info"].get("precision"),
+            "detections": measured["detections"],
+            "text_first_ms": summarize([v * 1000 for v in measured["first_s"]]),
+            "text_again_ms": summarize([v * 1000 for v in measured["again_s"]]) if measured["again_s"] else None,
+            "peak_rss_mib": measured["peak_rss_mib"],
+        }
+    compute_speedups(section, measures={"text_first_ms": "text_first", "text_again_ms": "text_again"})
+    # ultralytics encodes the crops on every query: its time is the baseline of both columns.
+    base = section["paths"].get("pytorch")
+    if base and base.get("status") == "ok":
+        for result in section["paths"].values():
+            again = result.get("text_again_ms")
+            if result.get("status") == "ok" and again:
+                result["speedup"]["text_again"] = speedup(base["text_first_ms"]["median"], again["median"])
+    return section
+
+
 def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
                 point: tuple[float, float]) -> dict[str, Any]:
     spec = get_spec(name)
@@ -516,6 +580,9 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
     if config.everything_repeats:
         ready = [p for p in paths if model["paths"].get(p, {}).get("status") == "ok"]
         model["everything"] = bench_everything(name, spec.family, ready, config, work, job_base)
+    if config.text_repeats and spec.family == "fastsam":
+        ready = [p for p in paths if model["paths"].get(p, {}).get("status") == "ok"]
+        model["text"] = bench_text(name, ready, config, work, job_base, image_path)
     return model
 
 
@@ -543,6 +610,10 @@ def count_failures(results: dict[str, Any]) -> int:
         for result in model["paths"].values():
             failures += result.get("status") != "ok" or bool(result.get("cold_start_error"))
         for result in (model.get("everything") or {}).get("paths", {}).values():
+            failures += result.get("status") != "ok"
+        text = model.get("text") or {}
+        failures += text.get("status") == "failed"
+        for result in text.get("paths", {}).values():
             failures += result.get("status") != "ok"
     return failures
 

@@ -10,6 +10,10 @@ Modes:
     ``everything``  load, warm the network up with one point prompt, time automatic mask generation
                  (everything mode) at the original's defaults, read the peak RSS, save the masks as RLE.
     ``prepare``  build or reuse the checkpoint and the exported model folders (see ``prepare.py``).
+    ``text``     FastSAM text prompts: after one un-prompted prediction, time text queries (a new text
+                 each time) on crops encoded anew (``first``) and, for fastseg, on the same image again
+                 (``again``: its crops' CLIP features are kept per image; ultralytics encodes them on
+                 every query).
 
 Only the standard library and numpy are imported at the top: the fastseg paths must not pay for (or
 hide behind) torch being imported, and a cold start must count every import its path needs.
@@ -198,6 +202,8 @@ class UltralyticsFastSamRunner:
         from ultralytics import FastSAM
 
         self.model = FastSAM(weights)
+        self.predict_args = {**FASTSAM_PREDICT, "conf": float(job.get("conf", DEFAULT_CONF))}
+        self.clip_checkpoint = job.get("clip_checkpoint")
         self.api = api
         self.last_network_s: float | None = None
         self._everything: Any = None
@@ -218,14 +224,14 @@ class UltralyticsFastSamRunner:
         return masks
 
     def end_to_end(self, image: npt.NDArray[np.uint8], point: tuple[float, float]) -> npt.NDArray[np.bool_]:
-        results = self.model.predict(image, points=[list(point)], labels=[1], **FASTSAM_PREDICT)
+        results = self.model.predict(image, points=[list(point)], labels=[1], **self.predict_args)
         self.last_network_s = float(results[0].speed["inference"]) / 1000.0
         return self._masks(results[0])
 
     def begin_clicks(self, image: npt.NDArray[np.uint8]) -> None:
         # ultralytics has no set_image: the nearest thing is predicting without prompts once, then
         # prompting those results with FastSAMPredictor.prompt, which is what predict(points=...) does.
-        self._everything = self.model.predict(image, **FASTSAM_PREDICT)
+        self._everything = self.model.predict(image, **self.predict_args)
 
     def click(self, point: tuple[float, float]) -> npt.NDArray[np.bool_]:
         results = self.model.predictor.prompt(self._everything, points=[list(point)], labels=[1])
@@ -234,7 +240,24 @@ class UltralyticsFastSamRunner:
     def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
         if params:
             raise ValueError(f"ultralytics FastSAM everything takes no SAM generator parameters, got {sorted(params)}")
-        return self._masks(self.model.predict(image, **FASTSAM_PREDICT)[0])  # no prompt: every detection
+        return self._masks(self.model.predict(image, **self.predict_args)[0])  # no prompt: every detection
+
+    def begin_texts(self, image: npt.NDArray[np.uint8]) -> int:
+        """Predict without prompts once and give the predictor CLIP from ``job["clip_checkpoint"]`` (as
+        ``clip.load("ViT-B/32")`` would, without the download); returns the detections."""
+        from ultralytics.nn.text_model import CLIP
+
+        self.begin_clicks(image)
+        predictor = self.model.predictor
+        predictor.clip = CLIP(str(self.clip_checkpoint), device=predictor.device)
+        return len(self._everything[0])
+
+    def fresh_image(self, image: npt.NDArray[np.uint8]) -> None:
+        """Nothing to reset: ultralytics cuts and encodes the crops on every text query."""
+
+    def text_query(self, texts: list[str]) -> npt.NDArray[np.bool_]:
+        """``FastSAMPredictor.prompt(results, texts=...)``: crops cut and encoded on every call."""
+        return self._masks(self.model.predictor.prompt(self._everything, texts=texts)[0])
 
     def info(self) -> dict[str, Any]:
         import torch
@@ -301,7 +324,12 @@ class FastsegRunner:
             self._sessions[graph] = TimedSession(session, graph, self._times)
             return self._sessions[graph]
 
-        self.predictor = Predictor(job["model_dir"], backend=backend, precision=precision, session_wrapper=timed)
+        options: dict[str, Any] = {"conf": float(job["conf"])} if "conf" in job else {}
+        if job.get("clip_dir"):
+            options["clip"] = job["clip_dir"]
+        self.predictor = Predictor(
+            job["model_dir"], backend=backend, precision=precision, session_wrapper=timed, **options
+        )
         self.family = self.predictor.folder.family
         self.network_graph = "encoder" if self.family in GRID_FAMILIES else "network"
         if self.network_graph not in self._sessions:
@@ -335,6 +363,18 @@ class FastsegRunner:
 
     def everything(self, image: npt.NDArray[np.uint8], params: dict[str, Any]) -> npt.NDArray[np.bool_]:
         return self.predictor.everything(image, **params).masks
+
+    def begin_texts(self, image: npt.NDArray[np.uint8]) -> int:
+        """Set the image; returns the detections (with a non-empty mask, as ultralytics counts them)."""
+        self.predictor.set_image(image)
+        return len(self.predictor.everything())
+
+    def fresh_image(self, image: npt.NDArray[np.uint8]) -> None:
+        """Set the image again (untimed): the next text query cuts and encodes its crops anew."""
+        self.predictor.set_image(image)
+
+    def text_query(self, texts: list[str]) -> npt.NDArray[np.bool_]:
+        return np.asarray(self.predictor.predict(texts=texts).masks, dtype=bool)
 
     def info(self) -> dict[str, Any]:
         compiled = {g: s.inference_precision() for g, s in self._sessions.items()}
@@ -490,9 +530,50 @@ def everything(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Texts the text-query timing asks for, one per query (new to the text cache each time).
+TEXT_QUERIES = ("a cup of coffee", "a spoon", "a wooden table", "a white saucer", "the red car", "a dog")
+
+
+def text(job: dict[str, Any]) -> dict[str, Any]:
+    """FastSAM text prompts on the set image: ``job["text_repeats"]`` queries of one new text each,
+    on crops encoded anew (``first_s``; fastseg sets the image again, untimed, before each) and, for
+    fastseg, the same image again with another new text (``again_s``: the crops' features are kept)."""
+    image = np.load(job["image"])
+    label = f"{_label(job)} text"
+    log(f"{label}: loading")
+    runner = make_runner(job)
+    native = runner.prepare_image(image)
+    detections = runner.begin_texts(native)
+    runner.text_query(["a warm-up text"])  # loads CLIP (ultralytics) and warms every graph
+    first: list[float] = []
+    again: list[float] = []
+    selected = None
+    for i in range(job["text_repeats"]):
+        runner.fresh_image(native)
+        start = time.perf_counter()
+        selected = runner.text_query([f"{TEXT_QUERIES[i % len(TEXT_QUERIES)]} {i}"])
+        first.append(time.perf_counter() - start)
+        if isinstance(runner, FastsegRunner):
+            start = time.perf_counter()
+            runner.text_query([f"{TEXT_QUERIES[(i + 1) % len(TEXT_QUERIES)]} again {i}"])
+            again.append(time.perf_counter() - start)
+        log(f"{label} {i + 1}/{job['text_repeats']}: {first[-1] * 1000:,.0f} ms"
+            + (f", again {again[-1] * 1000:,.1f} ms" if again else ""))
+    assert selected is not None  # text_repeats >= 1 is checked by the parent
+    return {
+        "status": "ok",
+        "detections": detections,
+        "first_s": first,
+        "again_s": again,
+        "selected": len(selected),
+        "peak_rss_mib": peak_rss_mib(),
+        "info": runner.info(),
+    }
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("measure", "cold", "everything", "prepare"):
-        print(f"usage: python -m fastseg_bench.worker measure|cold|everything|prepare JOB.json (got {argv})",
+    if len(argv) != 2 or argv[0] not in ("measure", "cold", "everything", "prepare", "text"):
+        print(f"usage: python -m fastseg_bench.worker measure|cold|everything|prepare|text JOB.json (got {argv})",
               file=sys.stderr)
         return 2
     mode, job_path = argv
@@ -504,6 +585,8 @@ def main(argv: list[str]) -> int:
             result = cold(job)
         elif mode == "everything":
             result = everything(job)
+        elif mode == "text":
+            result = text(job)
         else:
             from fastseg_bench.prepare import prepare_model
 

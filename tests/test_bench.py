@@ -382,7 +382,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert config.models == ["sam_vit_b", "mobile_sam", "fastsam_s", "fastsam_x"]
     assert config.paths == list(PATHS)
     assert (config.warmup, config.repeats, config.click_repeats, config.cold_starts,
-            config.everything_repeats) == bench_run.FULL_RUNS
+            config.everything_repeats, config.text_repeats) == bench_run.FULL_RUNS
+    assert config.text_detections == 50
     assert config.everything_points == 32
     assert config.cache == tmp_path / "bench" and config.out == Path("bench-results")
     assert config.image is None and config.point is None
@@ -392,6 +393,14 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert (quick.warmup, quick.repeats, quick.click_repeats, quick.cold_starts) == (
         bench_run.QUICK_RUNS[0], 4, bench_run.QUICK_RUNS[2], bench_run.QUICK_RUNS[3])
     assert quick.point == (10.0, 20.5)
+    assert quick.text_repeats == bench_run.QUICK_RUNS[5]
+    # CLIP's weights may be given whenever a FastSAM model runs (its text prompts), not otherwise.
+    ckpt = tmp_path / "ViT-B-32.pt"
+    ckpt.write_bytes(b"x")
+    with_clip = bench_run.parse_args(["--models", "fastsam_s", "--checkpoint", f"clip_vit_b32={ckpt}"])
+    assert with_clip.checkpoints == {"clip_vit_b32": ckpt}
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--models", "mobile_sam", "--checkpoint", f"clip_vit_b32={ckpt}"])
 
 
 def test_checkpoint_and_model_dir_options(tmp_path: Path) -> None:
@@ -597,3 +606,30 @@ def test_quick_sam2_run(tmp_path: Path, exported_model, random_checkpoint) -> No
         everything["paths"]["fastseg-openvino-f32"]["masks"], everything["paths"]["pytorch"]["masks"]]
     md = (out / "bench.md").read_text()
     assert f"| {name} | PyTorch original | f32 |" in md and "SAM2AutomaticMaskGenerator" in md
+
+
+def test_text_prompt_table() -> None:
+    """FastSAM's text section: ultralytics' per-query time is the baseline of both columns."""
+    results = fake_results()
+
+    def text_path(first: float, again: float | None, precision: str) -> dict[str, Any]:
+        return {"status": "ok", "precision": precision, "detections": 48, "peak_rss_mib": 900.0,
+                "text_first_ms": summarize([first, first * 1.1]),
+                "text_again_ms": summarize([again]) if again is not None else None}
+
+    section = {"status": "ok", "conf": 0.31416, "clip_weights": "random weights (seed 0)", "paths": {
+        "pytorch": text_path(1200.0, None, "f32"),
+        "fastseg-openvino-bf16": text_path(300.0, 12.0, "bf16"),
+        "fastseg-onnxruntime": {"status": "failed", "error": "RuntimeError: no CLIP"},
+    }}
+    compute_speedups(section, measures={"text_first_ms": "text_first", "text_again_ms": "text_again"})
+    section["paths"]["fastseg-openvino-bf16"]["speedup"]["text_again"] = 1260.0 / 12.0
+    results["models"]["fastsam_s"]["text"] = section
+    md = render_markdown(results)
+    text = md.split("### FastSAM text prompts")[1].split("###")[0]
+    assert "- fastsam_s: conf 0.3142, CLIP random weights (seed 0)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| fastsam_s |")]
+    assert rows[0].split(" | ")[2:8] == ["f32", "48", "1,260 (1,200)", "1.00×", "—", "—"]
+    assert rows[1].split(" | ")[2:8] == ["bf16", "48", "315 (300)", "4.00×", "12.0 (12.0)", "105.0×"]
+    assert "failed (see below)" in rows[2] and all(r.count(" |") == 10 for r in rows)
+    assert "- fastsam_s / fastseg-onnxruntime text: RuntimeError: no CLIP" in md
