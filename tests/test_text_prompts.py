@@ -197,3 +197,42 @@ def test_text_prompts_select_what_ultralytics_selects(
             f"similarity max diff {float(diff[:, same_crop].max()):.1e} (same crops), {noise:.1e} (all); "
             f"texts choosing as ultralytics: {int((mine == ref).sum())}/{len(TEXTS)}"
         )
+
+
+def test_texts_are_encoded_once_and_crops_once_per_image(
+    clip_models: dict[str, ClipModel], exported_model: Any, photos: Any, fastseg_cache: Any
+) -> None:
+    """Repeated texts skip the text encoder; a second query on the same image skips the crops."""
+    import fastseg
+
+    clip = clip_models["openvino"]
+    runs: dict[str, list[int]] = {"text_encoder": [], "image_encoder": []}
+    for graph, session in clip.sessions.items():
+        inner = session.run
+
+        def counted(feeds: dict, graph: str = graph, inner: Any = inner) -> Any:
+            runs[graph].append(len(next(iter(feeds.values()))))
+            return inner(feeds)
+
+        session.run = counted  # type: ignore[method-assign]
+    try:
+        first = clip.text_features(["a dog", "a cat", "a dog"])
+        again = clip.text_features(["a cat", "a bird"])
+        assert runs["text_encoder"] == [2, 1]  # "a dog" and "a cat" once, then only "a bird"
+        np.testing.assert_array_equal(first[1], again[0])
+        predictor = fastseg.Predictor(
+            exported_model("fastsam_s"), cache_dir=fastseg_cache.compiled_dir, conf=0.05, clip=clip
+        )
+        predictor.set_image(photos["coffee"])
+        predictor.predict(texts=["a cup"])
+        crops = sum(runs["image_encoder"])
+        assert crops > ClipModel.batch_size  # more crops than one batch: encoded batch by batch
+        assert max(runs["image_encoder"]) <= ClipModel.batch_size
+        predictor.predict(texts=["a saucer"])
+        assert sum(runs["image_encoder"]) == crops  # the same image: no crop encoded again
+        predictor.set_image(photos["coffee"])
+        predictor.predict(texts=["a saucer"])
+        assert sum(runs["image_encoder"]) == 2 * crops  # a new image state: its crops are encoded
+    finally:
+        for session in clip.sessions.values():
+            del session.run
