@@ -464,6 +464,17 @@ def bench_everything(name: str, family: str, paths: list[str], config: BenchConf
     return section
 
 
+def prepare_job(name: str, config: BenchConfig, **extra: Any) -> dict[str, Any]:
+    """The ``prepare`` worker's job for model ``name``: the user's checkpoint or folder, if given."""
+    return {
+        "model": name,
+        "cache": str(config.cache),
+        "checkpoint": str(config.checkpoints[name]) if name in config.checkpoints else None,
+        "model_dir": str(config.model_dirs[name]) if name in config.model_dirs else None,
+        **extra,
+    }
+
+
 def bench_text(name: str, paths: list[str], config: BenchConfig, work: Path, job_base: dict[str, Any],
                image_path: Path) -> dict[str, Any]:
     """FastSAM text prompts on each of ``paths``: CLIP ViT-B/32 prepared once (random weights unless
@@ -471,14 +482,9 @@ def bench_text(name: str, paths: list[str], config: BenchConfig, work: Path, job
     detections (fastseg's network on the bench image, in the prepare process), then one process per path."""
     section: dict[str, Any] = {"paths": {}}
     log(f"{name}: preparing {TEXT_MODEL} and the confidence for ~{config.text_detections} detections")
-    prep, _ = run_child("prepare", {
-        "model": TEXT_MODEL,
-        "cache": str(config.cache),
-        "checkpoint": str(config.checkpoints[TEXT_MODEL]) if TEXT_MODEL in config.checkpoints else None,
-        "model_dir": str(config.model_dirs[TEXT_MODEL]) if TEXT_MODEL in config.model_dirs else None,
-        "conf_for": {"model_dir": job_base["model_dir"], "image": str(image_path),
-                     "detections": config.text_detections},
-    }, work, f"{name}-text-prepare", config.timeout)
+    conf_for = {"model_dir": job_base["model_dir"], "image": str(image_path), "detections": config.text_detections}
+    prep, _ = run_child("prepare", prepare_job(TEXT_MODEL, config, conf_for=conf_for), work,
+                        f"{name}-text-prepare", config.timeout)
     if prep.get("status") != "ok" or prep.get("model_dir") is None:
         section["status"] = "failed"
         section["error"] = prep.get("error") or prep.get("model_dir_error")
@@ -517,14 +523,9 @@ def bench_model(name: str, config: BenchConfig, work: Path, image_path: Path,
     spec = get_spec(name)
     paths = [p for p in config.paths if spec.family in PATHS[p]]
     log(f"{name}: preparing checkpoint and exported models")
-    prep, _ = run_child("prepare", {
-        "model": name,
-        "cache": str(config.cache),
-        "checkpoint": str(config.checkpoints[name]) if name in config.checkpoints else None,
-        "model_dir": str(config.model_dirs[name]) if name in config.model_dirs else None,
-        "ultralytics": "ultralytics-openvino" in paths,
-        "int8": "fastseg-openvino-int8" in paths,
-    }, work, f"{name}-prepare", config.timeout)
+    prep, _ = run_child("prepare", prepare_job(name, config, ultralytics="ultralytics-openvino" in paths,
+                                               int8="fastseg-openvino-int8" in paths),
+                        work, f"{name}-prepare", config.timeout)
     if prep.get("status") != "ok":
         return {"status": "failed", "error": prep.get("error"), "family": spec.family, "paths": {}}
     model: dict[str, Any] = {
