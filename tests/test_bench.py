@@ -608,6 +608,33 @@ def test_quick_sam2_run(tmp_path: Path, exported_model, random_checkpoint) -> No
     assert f"| {name} | PyTorch original | f32 |" in md and "SAM2AutomaticMaskGenerator" in md
 
 
+@pytest.mark.slow
+def test_quick_fastsam_text_run(tmp_path: Path, exported_model, random_checkpoint) -> None:
+    """`fastseg bench` times FastSAM text queries: ultralytics with the same random CLIP, fastseg's
+    first query and its query again on the same image, the confidence set for ~N detections."""
+    name, clip = "fastsam_s", "clip_vit_b32"
+    out = tmp_path / "results"
+    env = dict(os.environ, FASTSEG_CACHE=str(tmp_path / "cache"))
+    argv = [sys.executable, "-m", "fastseg.cli", "bench", "--quick", "--models", name,
+            "--checkpoint", f"{name}={random_checkpoint(name)}", "--model-dir", f"{name}={exported_model(name)}",
+            "--checkpoint", f"{clip}={random_checkpoint(clip)}", "--model-dir", f"{clip}={exported_model(clip)}",
+            "--out", str(out), "--cold-starts", "0", "--everything-repeats", "0", "--repeats", "1",
+            "--click-repeats", "1", "--text-repeats", "2", "--text-detections", "20",
+            "--paths", "pytorch,fastseg-openvino-f32"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = json.loads((out / "bench.json").read_text())["models"][name]["text"]
+    assert text["status"] == "ok" and text["clip_weights"] == "random weights (seed 0)" and 0 < text["conf"] < 1
+    torch_path, ours = text["paths"]["pytorch"], text["paths"]["fastseg-openvino-f32"]
+    assert torch_path["status"] == ours["status"] == "ok"
+    assert 5 <= ours["detections"] <= 25 and ours["detections"] == torch_path["detections"]
+    assert torch_path["text_first_ms"]["n"] == ours["text_first_ms"]["n"] == ours["text_again_ms"]["n"] == 2
+    assert torch_path["text_again_ms"] is None
+    assert ours["text_again_ms"]["median"] < ours["text_first_ms"]["median"]  # the crops are kept
+    assert set(ours["speedup"]) == {"text_first", "text_again", "peak_rss"}
+    assert "### FastSAM text prompts (CLIP ViT-B/32)" in (out / "bench.md").read_text()
+
+
 def test_text_prompt_table() -> None:
     """FastSAM's text section: ultralytics' per-query time is the baseline of both columns."""
     results = fake_results()
