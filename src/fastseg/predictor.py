@@ -146,7 +146,7 @@ class Predictor:
         if self.folder.family not in SEGMENTATION_FAMILIES:
             raise ModelFolderError(
                 f"{self.folder.path} holds {self.folder.name}, FastSAM's text model, not a segmentation model: "
-                f"pass it as Predictor(fastsam_folder, clip={str(self.folder.path)!r})"
+                f"give it with a FastSAM model, as clip={str(self.folder.path)!r} (Python) or --clip (command line)"
             )
         self.backend = backend
         #: The precision asked for; :attr:`precision` is the one the backend runs at.
