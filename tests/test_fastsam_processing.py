@@ -42,11 +42,11 @@ def reference_ultralytics():  # noqa: ANN201
     from conftest import import_torch
 
     torch = import_torch()
-    import ultralytics  # noqa: F401
     # ultralytics' NMS runs torchvision.ops.nms when torchvision is imported and its own TorchNMS
     # otherwise; they order equal scores differently. FastSAM.predict imports torchvision, so its runs
     # use torchvision's: so do these tests, whatever other test files ran before in the process.
     import torchvision  # noqa: F401
+    import ultralytics  # noqa: F401
 
     return torch
 
