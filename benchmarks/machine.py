@@ -69,6 +69,50 @@ def _openvino_cpu() -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def sample_cpu(seconds: float = 1.0) -> dict[str, float] | None:
+    """The CPU's use over ``seconds`` now, in % of all cores: ``busy`` (not idle, not waiting for I/O)
+    and ``steal`` (taken by the hypervisor). None without psutil.
+
+    On some virtual machines the load average counts kernel threads as runnable and stays high on an
+    idle CPU (benchmarks/README.md); this is the measurement the report's warning trusts."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    times = psutil.cpu_times_percent(interval=seconds)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return {"busy": round(100.0 - idle, 1), "steal": round(float(getattr(times, "steal", 0.0)), 1)}
+
+
+def busy_note(machine: dict[str, Any]) -> str | None:
+    """A warning for the report when other work competed for the CPU as the run began, else None.
+
+    Judged by the CPU's measured use where it was sampled (``cpu_at_start``), by the 1-minute load
+    average otherwise."""
+    cores = machine.get("usable_cores") or machine.get("logical_cores") or 1
+    cpu = machine.get("cpu_at_start")
+    if cpu is not None:
+        if cpu["busy"] > 25.0:
+            return (
+                f"the CPU was {cpu['busy']:.0f}% busy ({cores} cores) in the second before the run began: other "
+                "processes were competing for it, so these timings are noisier (and likely slower) than on an idle "
+                "machine"
+            )
+        if cpu["steal"] > 5.0:
+            return (
+                f"the hypervisor took {cpu['steal']:.0f}% of the CPU in the second before the run began: timings on "
+                "this virtual machine are noisier than on an idle one"
+            )
+        return None
+    load = machine.get("load_average_at_start")
+    if load and load[0] > 0.5:
+        return (
+            f"the 1-minute load average was {load[0]:.2f} on {cores} cores when the run began: other processes "
+            "were competing for the CPU, so these timings are noisier (and likely slower) than on an idle machine"
+        )
+    return None
+
+
 def describe_machine() -> dict[str, Any]:
     """The machine description written into every result."""
     cpuinfo_path = Path("/proc/cpuinfo")
@@ -106,6 +150,7 @@ def describe_machine() -> dict[str, Any]:
         "os": platform.platform(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average_at_start": load,
+        "cpu_at_start": sample_cpu(),
     }
 
 

@@ -164,6 +164,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     )
     lines.append(f"- **machine:** {machine_line(machine)}")
     lines.append(f"- **software:** {versions_line(machine)}")
+    cpu = machine.get("cpu_at_start")
+    if cpu is not None:
+        load_text += f"; CPU {cpu['busy']:.0f}% busy, {cpu['steal']:.0f}% stolen in the second before"
     lines.append(f"- **date:** {machine.get('date')}{load_text}")
     if results.get("machine_note"):
         lines.append(f"- **note:** {results['machine_note']}")

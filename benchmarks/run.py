@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastseg.registry import REGISTRY, SEGMENTATION_FAMILIES, get_spec
-from fastseg_bench.machine import describe_machine
+from fastseg_bench.machine import busy_note, describe_machine
 from fastseg_bench.prepare import default_cache_root
 from fastseg_bench.report import (
     EVERYTHING_MEASURES,
@@ -654,13 +654,9 @@ def run(config: BenchConfig) -> int:
             results["machine"]["load_average_at_end"] = list(os.getloadavg())
         except OSError:
             results["machine"]["load_average_at_end"] = None
-        cores = machine.get("usable_cores") or machine.get("logical_cores") or 1
-        load = machine.get("load_average_at_start")
-        if load and load[0] > 0.5:
-            results["machine_note"] = (
-                f"the 1-minute load average was {load[0]:.2f} on {cores} cores when the run began: other processes "
-                "were competing for the CPU, so these timings are noisier (and likely slower) than on an idle machine"
-            )
+        note = busy_note(machine)
+        if note:
+            results["machine_note"] = note
         markdown = render_markdown(results)
         files = {kind: config.out / name for kind, name in OUTPUT_FILES.items()}
         files["markdown"].write_text(markdown, encoding="utf-8")

@@ -20,7 +20,7 @@ from PIL import Image
 from fastseg.backends import openvino_supports_bf16
 from fastseg.rle import encode
 from fastseg_bench import run as bench_run
-from fastseg_bench.machine import machine_line, parse_cpuinfo, parse_meminfo
+from fastseg_bench.machine import busy_note, machine_line, parse_cpuinfo, parse_meminfo, sample_cpu
 from fastseg_bench.report import (
     EVERYTHING_MEASURES,
     PATH_LABELS,
@@ -660,3 +660,27 @@ def test_text_prompt_table() -> None:
     assert rows[1].split(" | ")[2:8] == ["bf16", "48", "315 (300)", "4.00×", "12.0 (12.0)", "105.0×"]
     assert "failed (see below)" in rows[2] and all(r.count(" |") == 10 for r in rows)
     assert "- fastsam_s / fastseg-onnxruntime text: RuntimeError: no CLIP" in md
+
+
+def test_busy_note_trusts_the_measured_cpu_over_the_load_average() -> None:
+    """On a VM whose load average stays high while the CPU is idle, the report warns of nothing; a CPU
+    measured busy, or a hypervisor taking time, is named; without a sample the load average decides."""
+    idle_vm = {"usable_cores": 2, "load_average_at_start": [1.7, 1.8, 1.7], "cpu_at_start": {"busy": 1.0, "steal": 0.0}}
+    assert busy_note(idle_vm) is None
+    busy = dict(idle_vm, cpu_at_start={"busy": 62.4, "steal": 0.5})
+    assert busy_note(busy).startswith("the CPU was 62% busy (2 cores) in the second before the run began")
+    stolen = dict(idle_vm, cpu_at_start={"busy": 9.0, "steal": 8.0})
+    assert busy_note(stolen).startswith("the hypervisor took 8% of the CPU")
+    unsampled = {"usable_cores": 2, "load_average_at_start": [1.7, 1.8, 1.7], "cpu_at_start": None}
+    assert busy_note(unsampled).startswith("the 1-minute load average was 1.70 on 2 cores")
+    assert busy_note(dict(unsampled, load_average_at_start=[0.2, 0.3, 0.3])) is None
+
+
+def test_machine_sample_and_header() -> None:
+    """describe_machine samples the CPU's use, and the report's date line shows it."""
+    cpu = sample_cpu(0.2)
+    assert cpu is not None and 0.0 <= cpu["busy"] <= 100.0 and 0.0 <= cpu["steal"] <= 100.0
+    results = fake_results()
+    results["machine"]["cpu_at_start"] = {"busy": 3.2, "steal": 0.0}
+    md = render_markdown(results)
+    assert "0.30 (1 / 5 / 15 min); CPU 3% busy, 0% stolen in the second before" in md
