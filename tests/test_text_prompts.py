@@ -236,3 +236,20 @@ def test_texts_are_encoded_once_and_crops_once_per_image(
     finally:
         for session in clip.sessions.values():
             del session.run
+
+
+def test_texts_on_an_image_restored_from_an_embedding_are_refused(
+    clip_models: dict[str, ClipModel], exported_model: Any, photos: Any, fastseg_cache: Any
+) -> None:
+    """A saved embedding holds no pixels to crop: text prompts on it get a clear error, points still work."""
+    import fastseg
+
+    predictor = fastseg.Predictor(
+        exported_model("fastsam_s"), cache_dir=fastseg_cache.compiled_dir, clip=clip_models["openvino"]
+    )
+    predictor.set_image(photos["chelsea"])
+    predictor.set_image_embedding(predictor.get_image_embedding())
+    with pytest.raises(ValueError, match="this image was restored from an embedding without them"):
+        predictor.predict(texts=["a cat"])
+    h, w = photos["chelsea"].shape[:2]
+    assert predictor.predict(points=[[w // 2, h // 2]]).masks.shape[1:] == (h, w)
