@@ -7,7 +7,7 @@ For every model folder and precision, through the whole pipeline (``Predictor``)
 fixed prompt set per photo (16 points on a 4 x 4 grid with ``multimask=True``, 16 boxes around them
 with ``multimask=False``):
 
-- SAM family: the share of pixels on which each mask equals f32's (mean and min over every mask);
+- SAM family and SAM 2.1: the share of pixels on which each mask equals f32's (mean and min over every mask);
 - FastSAM: the IoU of the selected mask (the union of what the prompt selects) with f32's (mean,
   min; 1 where both are empty), and how many prompts select nothing at one precision only;
 - speed on a 1920 x 1080 photo: the image step (``encode``) and one click (``predict`` of one point),
@@ -39,6 +39,8 @@ PHOTOS = ("astronaut", "chelsea", "coffee")
 GRID = 4
 ENCODES = 3
 CLICKS = 20
+#: Families whose masks are compared pixel for pixel (FastSAM's selected masks by IoU).
+PIXEL_FAMILIES = ("sam", "sam2")
 
 
 def prompts(size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -65,9 +67,9 @@ def predict_all(predictor: Any, images: dict[str, np.ndarray]) -> dict[str, list
 
 
 def compare(family: str, ref: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> dict[str, Any]:
-    """Pixel agreement (SAM family) or selected-mask IoU (FastSAM) of ``other`` against ``ref``."""
+    """Pixel agreement (SAM family, SAM 2.1) or selected-mask IoU (FastSAM) of ``other`` against ``ref``."""
     pairs = [(a, b) for name in ref for a, b in zip(ref[name], other[name])]
-    if family == "sam":
+    if family in PIXEL_FAMILIES:
         agree = [mask_agreement(a[k], b[k])["pixels_pct"] / 100 for a, b in pairs for k in range(len(a))]
         return {"masks": len(agree), "pixel_agreement_mean": float(np.mean(agree)), "pixel_agreement_min": min(agree)}
     ious, one_sided = [], 0
@@ -140,7 +142,7 @@ def render_markdown(results: Sequence[dict[str, Any]], machine: dict[str, Any]) 
         "",
         f"Host: {machine_line(machine)}. Versions: {versions_line(machine)}.",
         f"Photos {', '.join(PHOTOS)} (not used for INT8 calibration), 16 points (multimask) and 16 boxes each; "
-        "SAM family: share of pixels equal to f32's mask, mean (min) over every mask; FastSAM: IoU of the "
+        "SAM family and SAM 2.1: share of pixels equal to f32's mask, mean (min) over every mask; FastSAM: IoU of the "
         "selected mask with f32's, mean (min). Speed: 1920x1080 photo, medians.",
         "",
         "| model | weights | precision (ran) | masks vs f32 | image step ms | one click ms |",
@@ -153,7 +155,7 @@ def render_markdown(results: Sequence[dict[str, Any]], machine: dict[str, Any]) 
                 continue
             if precision == "f32":
                 vs = "reference"
-            elif result["family"] == "sam":
+            elif result["family"] in PIXEL_FAMILIES:
                 vs = f"{100 * row['pixel_agreement_mean']:.2f}% ({100 * row['pixel_agreement_min']:.2f}%)"
             else:
                 vs = f"IoU {row['selected_iou_mean']:.4f} ({row['selected_iou_min']:.4f})"

@@ -47,7 +47,7 @@ PATHS: dict[str, tuple[str, ...]] = {
     "fastseg-onnxruntime": ("sam", "fastsam", "sam2"),
     "fastseg-openvino-f32": ("sam", "fastsam", "sam2"),
     "fastseg-openvino-bf16": ("sam", "fastsam", "sam2"),
-    "fastseg-openvino-int8": ("sam", "fastsam"),  # SAM 2.1 has no INT8 export yet
+    "fastseg-openvino-int8": ("sam", "fastsam", "sam2"),
 }
 #: Families whose everything mode is a point-grid generator with ``points_per_side``.
 GRID_FAMILIES = ("sam", "sam2")

@@ -329,8 +329,8 @@ def export_model(
 
         if spec.family not in INT8_GRAPHS:
             raise ValueError(
-                f"--int8 quantizes SAM, MobileSAM and FastSAM image graphs; it is not available for {name} "
-                f"(family {spec.family!r})"
+                f"--int8 quantizes the image graphs of SAM, MobileSAM, SAM 2.1 and FastSAM; "
+                f"it is not available for {name} (family {spec.family!r})"
             )
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():

@@ -1,7 +1,8 @@
 """INT8 image graphs (``fastseg export NAME --int8``): NNCF post-training quantization of the OpenVINO IR.
 
-Only the image graph is quantized (SAM family: ``encoder``; FastSAM: ``network``): it is nearly all of
-an image's time, while the SAM decoders are small and run per click (docs/PERFORMANCE.md). The
+Only the image graph is quantized (SAM family and SAM 2.1: ``encoder``, SAM 2.1's with its FPN neck;
+FastSAM: ``network``): it is nearly all of an image's time, while the decoders are small and run per
+click (docs/PERFORMANCE.md). The
 quantized IR is written beside the f32 one (``encoder.int8.xml``) and named in the graph's manifest
 entry under ``openvino_int8``; the manifest's ``int8`` entry says how it was made and what the check
 measured.
@@ -25,7 +26,7 @@ from fastseg.registry import ModelSpec
 from fastseg_export.errors import ExportError
 
 #: The image graph quantized per family.
-INT8_GRAPHS = {"sam": "encoder", "fastsam": "network"}
+INT8_GRAPHS = {"sam": "encoder", "sam2": "encoder", "fastsam": "network"}
 #: scikit-image photos the quantization is calibrated on (the tests' photos are astronaut, chelsea, coffee).
 CALIBRATION_PHOTOS = ("rocket", "stereo_motorcycle", "hubble_deep_field", "retina", "immunohistochemistry")
 #: The least cosine similarity between an INT8 output and the f32 one on the check photo, per family: a
@@ -33,7 +34,9 @@ CALIBRATION_PHOTOS = ("rocket", "stereo_motorcycle", "hubble_deep_field", "retin
 #: ``fastseg_bench.precision``). FastSAM's floor is lower: with random weights its prototypes came out at
 #: 0.82 (fastsam_s) and 0.91 (fastsam_x), with the prototype branch kept in float or not, while the
 #: detections stayed at 0.99999 (docs/PERFORMANCE.md).
-MIN_COSINE = {"sam": 0.98, "fastsam": 0.8}
+MIN_COSINE = {"sam": 0.98, "sam2": 0.98, "fastsam": 0.8}
+#: The families whose image graph NNCF quantizes as a transformer (its attention-aware scheme).
+TRANSFORMER_FAMILIES = ("sam", "sam2")
 
 
 def photo(name: str) -> np.ndarray:
@@ -53,6 +56,10 @@ def preprocess(spec: ModelSpec, image: np.ndarray) -> np.ndarray:
         from fastseg.sam import preprocess as sam_preprocess
 
         return sam_preprocess(image, spec)[0]
+    if spec.family == "sam2":
+        from fastseg.sam2 import preprocess as sam2_preprocess
+
+        return sam2_preprocess(image, spec)
     from fastseg.fastsam import preprocess as fastsam_preprocess
 
     return fastsam_preprocess(image, spec)[0]
@@ -104,7 +111,7 @@ def quantize_image_graph(
         "subset_size": len(calibration),
         "preset": nncf.QuantizationPreset.MIXED,
     }
-    if spec.family == "sam":
+    if spec.family in TRANSFORMER_FAMILIES:
         options["model_type"] = nncf.ModelType.TRANSFORMER
     if scope is not None:
         options["ignored_scope"] = scope
@@ -142,7 +149,7 @@ def quantize_image_graph(
         "method": "NNCF post-training quantization",
         "nncf": nncf.__version__,
         "preset": "mixed",
-        "model_type": "transformer" if spec.family == "sam" else None,
+        "model_type": "transformer" if spec.family in TRANSFORMER_FAMILIES else None,
         "ignored_scope": scope_text,
         "calibration_photos": list(CALIBRATION_PHOTOS),
         "seconds": round(seconds, 1),

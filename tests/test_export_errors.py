@@ -43,6 +43,13 @@ def test_unknown_model(tmp_path: Path, reference_export) -> None:
         ex.export_model("sam_vit_q", tmp_path / "x.pt", tmp_path / "out")
 
 
+def test_int8_is_refused_for_a_model_without_an_image_graph_to_quantize(tmp_path: Path, reference_export) -> None:
+    ex = reference_export
+    with pytest.raises(ValueError, match=r"--int8 quantizes .*SAM 2.1.*not available for clip_vit_b32"):
+        ex.export_model("clip_vit_b32", tmp_path / "x.pt", tmp_path / "out", int8=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_and_garbage_checkpoints(tmp_path: Path, reference_export) -> None:
     ex = reference_export
     empty = tmp_path / "empty.pt"

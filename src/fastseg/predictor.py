@@ -95,7 +95,7 @@ class Predictor:
         precision: ``"f32"`` (default; identical masks to PyTorch) or ``"bf16"`` (faster on CPUs with
             AVX-512 BF16 / AMX; OpenVINO only). On a CPU without native bf16, OpenVINO runs f32 when
             asked for bf16: the Predictor then warns once (``UserWarning``) and :attr:`precision` says
-            ``"f32"``. ``"int8"``: the image graph (SAM encoder, FastSAM network) quantized at export
+            ``"f32"``. ``"int8"``: the image graph (SAM and SAM 2.1 encoder, FastSAM network) quantized at export
             (``fastseg export NAME --int8``), everything else at bf16 where the CPU has it, else f32;
             faster where the CPU has VNNI or AMX (elsewhere it runs, with a ``UserWarning``). Its
             masks are measured against f32's in the README's precision section.
