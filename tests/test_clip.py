@@ -165,6 +165,18 @@ def test_bad_text_prompts_get_a_clear_error(
         predictor.predict(texts=texts)
 
 
+def test_one_check_serves_the_predictor_and_the_engine() -> None:
+    """The Predictor and FastSamEngine (driven directly) raise the same errors from one helper."""
+    from fastseg.fastsam import check_text_inputs
+
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"texts need a CLIP model: .*fastseg export clip_vit_b32"):
+        check_text_inputs(None, pixels)
+    with pytest.raises(ValueError, match="restored from an embedding without them"):
+        check_text_inputs(object(), None)
+    check_text_inputs(object(), pixels)  # both there: nothing to refuse
+
+
 def test_clip_is_refused_for_sam_and_a_clip_folder_is_not_a_segmenter(tiny_sam_folder: Path, tmp_path: Path) -> None:
     import json
 

@@ -73,6 +73,22 @@ _COEF_SCALE = 1 << _COEF_BITS
 FloatArray = npt.NDArray[np.float32]
 
 
+def check_text_inputs(clip: object | None, image: npt.NDArray[np.uint8] | None) -> None:
+    """Raise the error for text prompts that cannot run: no CLIP model, or an image restored from an
+    embedding without its pixels (the crops are cut from them). Shared by the Predictor, which checks
+    before validating prompts, and the engine, which can be driven directly."""
+    if clip is None:
+        raise ValueError(
+            "texts need a CLIP model: Predictor(model_dir, clip='models/clip_vit_b32'), exported with "
+            "`fastseg export clip_vit_b32 --checkpoint ViT-B-32.pt --out models/clip_vit_b32`"
+        )
+    if image is None:
+        raise ValueError(
+            "text prompts crop the image's pixels, and this image was restored from an embedding without "
+            "them: set the image itself (set_image / encode) to prompt it with texts"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Letterbox
 # ----------------------------------------------------------------------------------------------
@@ -913,13 +929,8 @@ class FastSamEngine:
         from the image with the pixels outside the mask zeroed, through CLIP's preprocessing."""
         if state.crop_features is not None:
             return state.crop_features
-        if self.clip is None:
-            raise ValueError("text prompts need a CLIP model: Predictor(model, clip='models/clip_vit_b32')")
-        if image is None:
-            raise ValueError(
-                "text prompts crop the image's pixels, and this image was restored from an embedding without "
-                "them: set the image itself (set_image / encode) to prompt it with texts"
-            )
+        check_text_inputs(self.clip, image)
+        assert image is not None and self.clip is not None  # for mypy: checked above
         from PIL import Image
 
         from fastseg.clip import preprocess

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from fastseg.backends import Backend, Precision, _outside_fastseg, open_session
 from fastseg.clip import ClipModel, check_texts
 from fastseg.engine import Engine, ImageEmbeddingLike, ProgressCallback, SessionWrapper
-from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, FastSamImageEmbedding
+from fastseg.fastsam import DEFAULT_CONF, DEFAULT_IOU, FastSamImageEmbedding, check_text_inputs
 from fastseg.image import ImageLike, load_image
 from fastseg.manifest import GRAPHS_BY_FAMILY, ModelFolder, ModelFolderError, load_model_folder
 from fastseg.prompts import check_flag, validate_prompts
@@ -414,16 +414,7 @@ class Predictor:
                 f"text prompts are for FastSAM models; {self.folder.name} is a {self.folder.family!r} model "
                 "(prompt it with points and boxes)"
             )
-        if self.clip is None:
-            raise ValueError(
-                "texts need a CLIP model: Predictor(model_dir, clip='models/clip_vit_b32'), exported with "
-                "`fastseg export clip_vit_b32 --checkpoint ViT-B-32.pt --out models/clip_vit_b32`"
-            )
-        if handle.pixels is None:
-            raise ValueError(
-                "text prompts crop the image's pixels, and this image was restored from an embedding without "
-                "them: set the image itself (set_image / encode) to prompt it with texts"
-            )
+        check_text_inputs(self.clip, handle.pixels)
 
     def _require_image(self) -> ImageHandle:
         current = self._current
