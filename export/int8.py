@@ -2,10 +2,9 @@
 
 Only the image graph is quantized (SAM family and SAM 2.1: ``encoder``, SAM 2.1's with its FPN neck;
 FastSAM: ``network``): it is nearly all of an image's time, while the decoders are small and run per
-click (docs/PERFORMANCE.md). The
-quantized IR is written beside the f32 one (``encoder.int8.xml``) and named in the graph's manifest
-entry under ``openvino_int8``; the manifest's ``int8`` entry says how it was made and what the check
-measured.
+click (docs/PERFORMANCE.md). The quantized IR is written beside the f32 one (``encoder.int8.xml``)
+and named in the graph's manifest entry under ``openvino_int8``; the manifest's ``int8`` entry says
+how it was made and what the check measured.
 
 Calibration runs on scikit-image photos that no fidelity test uses (:data:`CALIBRATION_PHOTOS`),
 preprocessed by the runtime's own code. The check compares the INT8 graph with the f32 graph on the
